@@ -1,0 +1,359 @@
+"""Upstream connections: log in to a MySQL-protocol server, then relay responses to a client.
+
+A ServerConnection has two modes. While sluice talks to the server itself (handshake,
+COM_CHANGE_USER, monitoring queries) incoming bytes are parsed into messages and awaited by
+coroutines. Once a client session is attached, it relays: every chunk goes through the response
+scanner (headers only) and straight to the client's transport, and the session is told when the
+response ends. That relay path is the hot path of sluice: no parsing, no logging, no awaiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from . import errors
+from .protocol import capabilities
+from .protocol.codec import ProtocolError, read_lenenc_bytes, read_lenenc_int
+from .protocol.constants import NATIVE_PASSWORD, Capability, Command
+from .protocol.framing import Message, MessageReader, frame
+from .protocol.handshake import AuthSwitchRequest, ChangeUser, Greeting, HandshakeResponse
+from .protocol.messages import ErrPacket, OkPacket, parse_err, parse_ok
+from .protocol.scanner import ResponseScanner
+
+if TYPE_CHECKING:
+    from .users import Credential
+
+log = logging.getLogger("sluice.backend")
+
+SERVER_MESSAGE_LIMIT = 1 << 30
+"""Largest message sluice reassembles from a server when it reads one itself (not relaying)."""
+
+
+class RelaySink(Protocol):
+    """What a ServerConnection tells the client session it relays for."""
+
+    def response_done(self) -> None: ...
+    def infile_requested(self) -> None: ...
+    def upstream_lost(self, reason: str) -> None: ...
+    def pause_reading(self, reason: int) -> None: ...
+    def resume_reading(self, reason: int) -> None: ...
+
+
+PAUSE_UPSTREAM_FULL = 2
+"""Pause reason: the upstream's write buffer is full (client reading must wait)."""
+
+
+class UpstreamError(Exception):
+    """The server answered with an ERR packet (during login or to sluice's own command)."""
+
+    def __init__(self, err: ErrPacket, raw: bytes) -> None:
+        super().__init__(str(err))
+        self.err = err
+        self.raw = raw
+
+
+@dataclass(slots=True)
+class QueryResult:
+    """Result of one of sluice's own queries: columns and text rows (None for NULL)."""
+
+    columns: list[str]
+    rows: list[list[str | None]]
+    ok: OkPacket | None = None
+
+
+class ServerConnection(asyncio.Protocol):
+    """One connection to an upstream server (a database, or a remote sluice tier)."""
+
+    __slots__ = (
+        "_client_transport",
+        "_forwarded",
+        "_reader",
+        "_sink",
+        "_waiter",
+        "address",
+        "auth_ok",
+        "capabilities",
+        "closed",
+        "greeting",
+        "lost_reason",
+        "scanner",
+        "server_name",
+        "transport",
+    )
+
+    def __init__(self, server_name: str, address: str) -> None:
+        self.server_name = server_name
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.greeting: Greeting | None = None
+        self.capabilities = 0
+        self.auth_ok = b""
+        self.scanner = ResponseScanner()
+        self.closed = False
+        self.lost_reason = ""
+        self._reader = MessageReader(SERVER_MESSAGE_LIMIT)
+        self._waiter: asyncio.Future[None] | None = None
+        self._sink: RelaySink | None = None
+        self._client_transport: asyncio.Transport | None = None
+        self._forwarded = False
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            self._reader.feed(data)
+            self._wake()
+            return
+        try:
+            end = self.scanner.feed(data)
+        except ProtocolError as exc:
+            self._relay_failed(f"malformed response: {exc}")
+            return
+        self._forwarded = True
+        if end < 0:
+            self._client_transport.write(data)  # type: ignore[union-attr]
+            if self.scanner.infile:
+                sink.infile_requested()
+            return
+        if end != len(data):
+            self._client_transport.write(data[:end])  # type: ignore[union-attr]
+            self._relay_failed("server sent data after the end of its response")
+            return
+        self._client_transport.write(data)  # type: ignore[union-attr]
+        sink.response_done()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.lost_reason:
+            self.lost_reason = f"connection lost: {exc}" if exc else "connection closed by server"
+        self._wake()
+        sink = self._sink
+        if sink is not None:
+            self._sink = None
+            sink.upstream_lost(self.lost_reason)
+
+    def pause_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.pause_reading(PAUSE_UPSTREAM_FULL)
+
+    def resume_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.resume_reading(PAUSE_UPSTREAM_FULL)
+
+    # --- relay mode -------------------------------------------------------------------------
+
+    def attach(self, sink: RelaySink, client_transport: asyncio.Transport) -> None:
+        """Relay responses from now on to this client (the session's commands come via send)."""
+        self._sink = sink
+        self._client_transport = client_transport
+        self.scanner.deprecate_eof = bool(self.capabilities & Capability.DEPRECATE_EOF)
+
+    def detach(self) -> None:
+        self._sink = None
+        self._client_transport = None
+
+    def send_command(self, raw: bytes, mode: int) -> None:
+        """Forward a client's command (framed bytes) and expect a response of `mode`."""
+        self.scanner.start(mode)
+        self._forwarded = False
+        self.transport.write(raw)  # type: ignore[union-attr]
+
+    def send_raw(self, raw: bytes | memoryview) -> None:
+        """Forward bytes that expect no response of their own (STMT_CLOSE, infile data)."""
+        self.transport.write(raw)  # type: ignore[union-attr]
+
+    @property
+    def response_started(self) -> bool:
+        """Whether any byte of the current response has reached the client."""
+        return self._forwarded
+
+    def pause_reading(self) -> None:
+        if not self.closed:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_reading(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def _relay_failed(self, reason: str) -> None:
+        log.warning("upstream %s: %s; closing the connection", self.server_name, reason)
+        self.lost_reason = reason
+        self.abort()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close politely (COM_QUIT) when idle; the server then frees the session at once."""
+        if self.closed or self.transport is None:
+            return
+        self.closed = True
+        self._sink = None
+        if self.scanner.done:
+            self.transport.write(frame(0, bytes((Command.QUIT,))))
+        self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+        self.closed = True
+
+    # --- sluice's own conversation with the server ------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read_message(self) -> Message:
+        while True:
+            msg = self._reader.next_message()
+            if msg is not None:
+                return msg
+            if self.closed:
+                raise ConnectionError(self.lost_reason or "connection closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def login(
+        self,
+        credential: Credential,
+        client_capabilities: int,
+        *,
+        database: str | None = None,
+        charset: int = 45,
+        max_packet: int = 1 << 24,
+        attributes: dict[str, str] | None = None,
+    ) -> None:
+        """Read the greeting and log in; raises UpstreamError or errors.ClientError."""
+        msg = await self.read_message()
+        if msg.payload[:1] == b"\xff":
+            raise UpstreamError(parse_err(msg.payload), msg.payload)
+        greeting = Greeting.parse(msg.payload)
+        self.greeting = greeting
+        caps = capabilities.for_upstream(client_capabilities, greeting.capabilities)
+        if database:
+            caps |= Capability.CONNECT_WITH_DB & greeting.capabilities
+        else:
+            caps &= ~Capability.CONNECT_WITH_DB
+        self.capabilities = caps
+        response = HandshakeResponse(
+            caps,
+            max_packet,
+            charset,
+            credential.user,
+            credential.token(greeting.scramble),
+            database,
+            NATIVE_PASSWORD,
+            dict(attributes or {}),
+        )
+        self.transport.write(frame(msg.seq + 1, response.payload()))  # type: ignore[union-attr]
+        self.auth_ok = await self._finish_auth(credential)
+
+    async def _finish_auth(self, credential: Credential) -> bytes:
+        """Answer auth switches until the server says OK (returned) or ERR (raised)."""
+        while True:
+            msg = await self.read_message()
+            head = msg.payload[:1]
+            if head == b"\x00":
+                return msg.payload
+            if head == b"\xff":
+                raise UpstreamError(parse_err(msg.payload), msg.payload)
+            if head == b"\xfe":
+                switch = AuthSwitchRequest.parse(msg.payload)
+                if switch.plugin != NATIVE_PASSWORD:
+                    raise errors.auth_plugin_unsupported(self.server_name, switch.plugin)
+                token = credential.token(switch.data)
+                self.transport.write(frame(msg.seq + 1, token))  # type: ignore[union-attr]
+                continue
+            raise ProtocolError(f"unexpected packet 0x{msg.payload[0]:02x} during login")
+
+    async def change_user(
+        self,
+        credential: Credential,
+        database: str | None,
+        charset: int | None,
+        attributes: dict[str, str],
+    ) -> bytes:
+        """COM_CHANGE_USER upstream; returns the server's OK payload or raises UpstreamError."""
+        assert self.greeting is not None
+        request = ChangeUser(
+            credential.user,
+            credential.token(self.greeting.scramble),
+            database,
+            charset,
+            NATIVE_PASSWORD,
+            attributes,
+        )
+        self.transport.write(frame(0, request.payload(self.capabilities)))  # type: ignore[union-attr]
+        return await self._finish_auth(credential)
+
+    async def query(self, sql: str) -> QueryResult:
+        """Run one statement for sluice itself (never on a connection that is relaying)."""
+        assert self._sink is None, "query() on a relaying connection"
+        self.transport.write(frame(0, b"\x03" + sql.encode()))  # type: ignore[union-attr]
+        deprecate_eof = bool(self.capabilities & Capability.DEPRECATE_EOF)
+        msg = await self.read_message()
+        head = msg.payload[0]
+        if head == 0xFF:
+            raise UpstreamError(parse_err(msg.payload), msg.payload)
+        if head == 0x00:
+            return QueryResult([], [], parse_ok(msg.payload, self.capabilities))
+        count, _ = read_lenenc_int(msg.payload, 0)
+        columns = []
+        for _ in range(count):
+            col = (await self.read_message()).payload
+            pos = 0
+            for _ in range(4):  # catalog, schema, table, org_table
+                _, pos = read_lenenc_bytes(col, pos)
+            name, _ = read_lenenc_bytes(col, pos)
+            columns.append(name.decode())
+        if not deprecate_eof:
+            await self.read_message()
+        rows: list[list[str | None]] = []
+        while True:
+            payload = (await self.read_message()).payload
+            if payload[0] == 0xFE and len(payload) < 0xFFFFFF:
+                ok = parse_ok(payload, self.capabilities) if deprecate_eof else None
+                return QueryResult(columns, rows, ok)
+            if payload[0] == 0xFF:
+                raise UpstreamError(parse_err(payload), payload)
+            row: list[str | None] = []
+            pos = 0
+            while pos < len(payload):
+                if payload[pos] == 0xFB:
+                    row.append(None)
+                    pos += 1
+                else:
+                    value, pos = read_lenenc_bytes(payload, pos)
+                    row.append(value.decode("utf-8", "replace"))
+            rows.append(row)
+
+
+async def open_connection(server_name: str, address: object, timeout: float) -> ServerConnection:
+    """Open a transport to `address` (a config Address) and return its ServerConnection."""
+    loop = asyncio.get_running_loop()
+    text = str(address)
+
+    def factory() -> ServerConnection:
+        return ServerConnection(server_name, text)
+
+    async with asyncio.timeout(timeout):
+        if address.kind == "unix":  # type: ignore[attr-defined]
+            _, conn = await loop.create_unix_connection(factory, address.path)  # type: ignore[attr-defined]
+        else:
+            _, conn = await loop.create_connection(
+                factory,
+                address.host,  # type: ignore[attr-defined]
+                address.port,  # type: ignore[attr-defined]
+            )
+    return conn

@@ -1,0 +1,101 @@
+"""Errors sluice itself reports to clients: real MySQL codes, SQLSTATEs, and advice.
+
+Every message starts with "sluice:" (so nobody mistakes it for a database error) and says what
+to do about it. Keep the wording here, in one place, so the messages stay consistent.
+"""
+
+from __future__ import annotations
+
+from .protocol.constants import ErrorCode
+from .protocol.messages import sluice_err_payload
+
+
+class ClientError(Exception):
+    """An error to report to a client as an ERR packet."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def payload(self) -> bytes:
+        return sluice_err_payload(self.code, self.message)
+
+
+def access_denied(user: str, host: str, used_password: bool) -> ClientError:
+    using = "YES" if used_password else "NO"
+    return ClientError(
+        ErrorCode.ACCESS_DENIED,
+        f"access denied for user '{user}'@'{host}' (using password: {using}); check the user "
+        "name and password against the users sluice is configured with",
+    )
+
+
+def upstream_unreachable(server: str, address: str, reason: str) -> ClientError:
+    return ClientError(
+        ErrorCode.CONNECT_TO_FOREIGN_DATA_SOURCE,
+        f"cannot connect to upstream '{server}' at {address} ({reason}); check that the "
+        "server is up and reachable, then retry",
+    )
+
+
+def upstream_refused(server: str, user: str, detail: str) -> ClientError:
+    return ClientError(
+        ErrorCode.ACCESS_DENIED,
+        f"upstream '{server}' refused user '{user}': {detail}; the user must exist on the "
+        "database with the same password as in sluice's users list",
+    )
+
+
+def upstream_lost(server: str) -> ClientError:
+    return ClientError(
+        ErrorCode.CONNECTION_KILLED,
+        f"lost the connection to upstream '{server}' during this command; its session "
+        "state and any open transaction are gone: reconnect and retry",
+    )
+
+
+def unsupported_command(command: int) -> ClientError:
+    return ClientError(
+        ErrorCode.UNKNOWN_COM_ERROR,
+        f"command 0x{command:02x} is not supported through sluice; connect to the database "
+        "directly for replication or administrative protocol commands",
+    )
+
+
+def packet_too_large(size: int, limit: int) -> ClientError:
+    return ClientError(
+        ErrorCode.NET_PACKET_TOO_LARGE,
+        f"packet of at least {size} bytes is larger than max_packet_size ({limit} bytes); "
+        "send smaller statements or raise limits.max_packet_size",
+    )
+
+
+def too_many_clients(limit: int) -> ClientError:
+    return ClientError(
+        ErrorCode.CON_COUNT_ERROR,
+        f"too many client connections (limits.max_clients = {limit}); close idle "
+        "connections or raise the limit, then retry",
+    )
+
+
+def handshake_failed(reason: str) -> ClientError:
+    return ClientError(
+        ErrorCode.HANDSHAKE_ERROR,
+        f"bad handshake ({reason}); use a MySQL/MariaDB client speaking protocol 4.1",
+    )
+
+
+def auth_plugin_unsupported(server: str, plugin: str) -> ClientError:
+    return ClientError(
+        ErrorCode.NOT_SUPPORTED_AUTH_MODE,
+        f"upstream '{server}' asked for auth plugin '{plugin}'; sluice logs in upstream "
+        "with mysql_native_password only: create the database user with that plugin",
+    )
+
+
+def shutting_down() -> ClientError:
+    return ClientError(
+        ErrorCode.SERVER_SHUTDOWN,
+        "this sluice tier is shutting down; reconnect to reach another tier",
+    )

@@ -1,0 +1,416 @@
+"""Client sessions: greeting, authentication, and the command loop.
+
+A ClientSession is the server side of the protocol toward one client. It greets with the
+upstream's version, authenticates with mysql_native_password (switching clients that open with
+another plugin), logs in upstream as the same user, then relays: each command goes to the
+upstream connection as the client framed it, and responses come back through the backend's
+relay path. Commands wait their turn: at most one is in flight per session, and what a client
+pipelines behind it stays buffered (bounded) until the response ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from . import errors
+from .backend import ServerConnection, UpstreamError
+from .protocol import capabilities
+from .protocol.auth import new_scramble
+from .protocol.codec import ProtocolError
+from .protocol.constants import NATIVE_PASSWORD, Command, Status
+from .protocol.framing import (
+    InfileTracker,
+    Message,
+    MessageReader,
+    PacketTooLarge,
+    frame,
+    single_packet,
+)
+from .protocol.handshake import AuthSwitchRequest, ChangeUser, Greeting, HandshakeResponse
+from .protocol.scanner import NO_RESPONSE, RESPONSE_MODES
+
+if TYPE_CHECKING:
+    from .tier import Tier
+    from .users import Credential
+
+log = logging.getLogger("sluice.frontend")
+
+# Session states
+HANDSHAKE, READY, BUSY, INFILE, CLOSED = range(5)
+STATE_NAMES = ("handshake", "idle", "busy", "infile", "closed")
+
+PAUSE_PIPELINE = 1
+"""Pause reason: the client pipelined more than PIPELINE_LIMIT bytes behind a running command."""
+PIPELINE_LIMIT = 1 << 20
+
+
+class ClientSession(asyncio.Protocol):
+    """One client connection to a tier."""
+
+    __slots__ = (
+        "_handshake_task",
+        "_infile",
+        "_paused",
+        "_reader",
+        "_reply_seq",
+        "_waiter",
+        "backend",
+        "capabilities",
+        "charset",
+        "connected_at",
+        "credential",
+        "database",
+        "id",
+        "peer",
+        "scramble",
+        "state",
+        "tier",
+        "transport",
+        "user",
+    )
+
+    def __init__(self, tier: Tier) -> None:
+        self.tier = tier
+        self.id = tier.next_session_id()
+        self.state = HANDSHAKE
+        self.transport: asyncio.Transport | None = None
+        self.backend: ServerConnection | None = None
+        self.peer = "?"
+        self.user = ""
+        self.database: str | None = None
+        self.charset = 45
+        self.capabilities = 0
+        self.credential: Credential | None = None
+        self.scramble = b""
+        self.connected_at = 0.0
+        self._reader = MessageReader(tier.config.limits.max_packet_size)
+        self._waiter: asyncio.Future[None] | None = None
+        self._handshake_task: asyncio.Task[None] | None = None
+        self._infile: InfileTracker | None = None
+        self._paused = 0
+        self._reply_seq = 1
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.connected_at = asyncio.get_running_loop().time()
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        if not self.tier.admit(self):
+            self._fail(errors.too_many_clients(self.tier.config.limits.max_clients), seq=0)
+            return
+        self._handshake_task = asyncio.get_running_loop().create_task(self._handshake())
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == READY and not self._reader.pending and single_packet(data):
+            self._command(data, data[4] if len(data) > 4 else -1, None)  # the common case
+            return
+        if state == INFILE:
+            self._infile_data(data)
+            return
+        self._reader.feed(data)
+        if state == READY:
+            self._drain()
+        elif state == HANDSHAKE:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif state == BUSY and self._reader.pending > PIPELINE_LIMIT:
+            self.pause_reading(PAUSE_PIPELINE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state != CLOSED:
+            if self.state == BUSY or self._reader.pending:
+                log.info("client %s (%s) disconnected mid-command", self.id, self.peer)
+            self._close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:  # the client reads slower than the upstream sends
+        if self.backend is not None:
+            self.backend.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.backend is not None:
+            self.backend.resume_reading()
+
+    # --- relay sink (called by the backend) ---------------------------------------------------
+
+    def response_done(self) -> None:
+        self.state = READY
+        if self._paused & PAUSE_PIPELINE:
+            self.resume_reading(PAUSE_PIPELINE)
+        if self._reader.pending:
+            self._drain()
+
+    def infile_requested(self) -> None:
+        self.state = INFILE
+        self._infile = InfileTracker()
+        if self._reader.pending:  # bytes the client sent before we asked: they are file data
+            self._infile_data(self._reader.take())
+
+    def upstream_lost(self, reason: str) -> None:
+        if self.state == CLOSED:
+            return
+        backend = self.backend
+        name = backend.server_name if backend is not None else "?"
+        log.warning("client %s: upstream %s lost (%s); closing the client", self.id, name, reason)
+        if self.state == BUSY and backend is not None and not backend.response_started:
+            self._fail(errors.upstream_lost(name), seq=self._reply_seq)
+        else:
+            self._close()
+
+    def pause_reading(self, reason: int) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        was = self._paused
+        self._paused &= ~reason
+        if was and not self._paused and self.transport is not None and self.state != CLOSED:
+            self.transport.resume_reading()
+
+    # --- command loop -----------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Run buffered commands while the session is free to."""
+        while self.state == READY:
+            try:
+                msg = self._reader.next_message()
+            except PacketTooLarge as exc:
+                log.warning("client %s (%s): %s; disconnecting", self.id, self.peer, exc)
+                self._fail(errors.packet_too_large(exc.size, exc.limit), seq=1)
+                return
+            if msg is None:
+                return
+            self._command(msg.raw, msg.payload[0] if msg.payload else -1, msg)
+
+    def _command(self, raw: bytes, command: int, msg: Message | None) -> None:
+        if raw[3] != 0:
+            self._protocol_violation(f"command packet with sequence id {raw[3]} (expected 0)")
+            return
+        if command < 0:
+            self._protocol_violation("empty command packet")
+            return
+        mode = RESPONSE_MODES.get(command)
+        backend = self.backend
+        assert backend is not None
+        if mode is None:
+            if command == Command.CHANGE_USER:
+                self.state = BUSY
+                payload = msg.payload if msg is not None else raw[4:]
+                asyncio.get_running_loop().create_task(self._change_user(payload))
+                return
+            log.info("client %s: unsupported command 0x%02x refused", self.id, command)
+            self._send(frame(1, errors.unsupported_command(command).payload()))
+            return
+        if mode == NO_RESPONSE:
+            if command == Command.QUIT:
+                self._close()
+                return
+            backend.send_raw(raw)
+            return
+        self.state = BUSY
+        self._reply_seq = (msg.last_seq if msg is not None else 0) + 1
+        backend.send_command(raw, mode)
+
+    def _infile_data(self, data: bytes) -> None:
+        tracker = self._infile
+        assert tracker is not None and self.backend is not None
+        end = tracker.feed(data)
+        if end < 0:
+            self.backend.send_raw(data)
+            return
+        self.backend.send_raw(data[:end] if end < len(data) else data)
+        self._infile = None
+        self.state = BUSY  # the server now answers the upload
+        self._reply_seq = tracker.last_seq + 1
+        if end < len(data):
+            self._reader.feed(data[end:])
+
+    # --- connection phase -------------------------------------------------------------------
+
+    async def _next_message(self) -> Message:
+        while True:
+            msg = self._reader.next_message()
+            if msg is not None:
+                return msg
+            if self.state == CLOSED:
+                raise ConnectionError("client went away")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def _handshake(self) -> None:
+        limits = self.tier.config.limits
+        try:
+            async with asyncio.timeout(limits.handshake_timeout):
+                await self._authenticate()
+        except errors.ClientError as exc:
+            log.info("client %s (%s) refused: %s", self.id, self.peer, exc.message)
+            self._fail(exc, seq=self._reply_seq)
+        except UpstreamError as exc:  # e.g. unknown database: the server's own answer
+            log.info("client %s (%s): upstream refused login: %s", self.id, self.peer, exc.err)
+            self._send(frame(self._reply_seq, exc.raw))
+            self._close()
+        except TimeoutError:
+            log.info("client %s (%s): handshake timed out", self.id, self.peer)
+            self._fail(errors.handshake_failed("timed out"), seq=self._reply_seq)
+        except PacketTooLarge as exc:
+            log.warning("client %s (%s): %s during handshake", self.id, self.peer, exc)
+            self._close()
+        except ProtocolError as exc:
+            log.warning("client %s (%s): bad handshake: %s", self.id, self.peer, exc)
+            self._fail(errors.handshake_failed(str(exc)), seq=self._reply_seq)
+        except ConnectionError:
+            self._close()
+
+    async def _authenticate(self) -> None:
+        tier = self.tier
+        try:
+            upstream = await tier.upstream.server_greeting()
+        except errors.ClientError as exc:
+            self._reply_seq = 0  # no greeting was sent: the error takes its place
+            raise exc
+        self.scramble = new_scramble()
+        offered = capabilities.offer(upstream.capabilities)
+        greeting = Greeting(
+            upstream.server_version,
+            self.id,
+            self.scramble,
+            offered,
+            upstream.charset,
+            Status.AUTOCOMMIT,
+            NATIVE_PASSWORD,
+        )
+        self._send(frame(0, greeting.payload()))
+        msg = await self._next_message()
+        self._reply_seq = msg.last_seq + 1
+        response = HandshakeResponse.parse(msg.payload)
+        self.user = response.user
+        self.capabilities = response.capabilities & offered
+        token = await self._native_token(response.auth_plugin, response.auth_response)
+        credential = tier.users.authenticate(response.user, self.scramble, token)
+        if credential is None:
+            tier.auth_failures += 1
+            raise errors.access_denied(response.user, self.peer.rsplit(":", 1)[0], bool(token))
+        self.credential = credential
+        self.database = response.database
+        self.charset = response.charset
+        backend = await tier.upstream.connect(
+            credential,
+            self.capabilities,
+            database=response.database,
+            charset=response.charset,
+            max_packet=response.max_packet,
+            attributes=response.attributes,
+        )
+        if self.state == CLOSED:
+            backend.close()
+            return
+        self.backend = backend
+        backend.attach(self, self.transport)  # type: ignore[arg-type]
+        self._send(frame(self._reply_seq, backend.auth_ok))
+        self.state = READY
+        if self._reader.pending:
+            self._drain()
+
+    async def _native_token(self, plugin: str | None, token: bytes) -> bytes:
+        """The client's mysql_native_password answer, switching it to that plugin if needed."""
+        if plugin in (None, NATIVE_PASSWORD) and len(token) in (0, 20):
+            return token
+        switch = AuthSwitchRequest(NATIVE_PASSWORD, self.scramble)
+        self._send(frame(self._reply_seq, switch.payload()))
+        msg = await self._next_message()
+        self._reply_seq = msg.last_seq + 1
+        return msg.payload
+
+    async def _change_user(self, payload: bytes) -> None:
+        """COM_CHANGE_USER: authenticate the new user here, then change it upstream."""
+        self._reply_seq = 1
+        try:
+            request = ChangeUser.parse(payload, self.capabilities)
+            token = await self._native_token(request.auth_plugin, request.auth_response)
+            credential = self.tier.users.authenticate(request.user, self.scramble, token)
+            if credential is None:
+                self.tier.auth_failures += 1
+                raise errors.access_denied(request.user, self.peer.rsplit(":", 1)[0], bool(token))
+            backend = self.backend
+            assert backend is not None
+            backend.detach()
+            ok = await backend.change_user(
+                credential, request.database, request.charset, request.attributes
+            )
+        except errors.ClientError as exc:
+            log.info("client %s: change user refused: %s", self.id, exc.message)
+            self._fail(exc, seq=self._reply_seq)
+            return
+        except UpstreamError as exc:
+            log.info("client %s: upstream refused change user: %s", self.id, exc.err)
+            self._send(frame(self._reply_seq, exc.raw))
+            self._close()
+            return
+        except (ProtocolError, ConnectionError) as exc:
+            log.warning("client %s: change user failed: %s", self.id, exc)
+            self._close()
+            return
+        if self.state == CLOSED:
+            return
+        self.user = credential.user
+        self.credential = credential
+        self.database = request.database
+        if request.charset:
+            self.charset = request.charset
+        backend.attach(self, self.transport)  # type: ignore[arg-type]
+        self._send(frame(self._reply_seq, ok))
+        self.state = READY
+        if self._reader.pending:
+            self._drain()
+
+    # --- endings ----------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _fail(self, error: errors.ClientError, seq: int) -> None:
+        """Tell the client what went wrong, then disconnect it."""
+        self._send(frame(seq, error.payload()))
+        self._close()
+
+    def _protocol_violation(self, reason: str) -> None:
+        log.warning(
+            "client %s (%s): protocol violation: %s; disconnecting", self.id, self.peer, reason
+        )
+        self._close()
+
+    def _close(self) -> None:
+        if self.state == CLOSED:
+            return
+        busy = self.state in (BUSY, INFILE)
+        self.state = CLOSED
+        backend = self.backend
+        self.backend = None
+        if backend is not None:
+            if busy:
+                backend.abort()  # mid-response: the connection cannot be reused or quit politely
+            else:
+                backend.close()
+        task = self._handshake_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+        self.tier.forget(self)
+
+    def close(self) -> None:
+        """Disconnect this client (tier shutdown, admin kill)."""
+        self._close()

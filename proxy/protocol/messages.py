@@ -1,0 +1,156 @@
+"""Generic response packets: OK, ERR, EOF, and session-state-change information.
+
+Parsing is only used off the hot path (end of a response, handshake, sluice's own queries); the
+relay never decodes rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .codec import (
+    ProtocolError,
+    lenenc_bytes,
+    lenenc_int,
+    read_lenenc_bytes,
+    read_lenenc_int,
+    read_u16,
+    u16,
+)
+from .constants import SQLSTATES, Capability, ErrorCode, Status, TrackerType
+
+OK_HEADER = 0x00
+EOF_HEADER = 0xFE
+ERR_HEADER = 0xFF
+LOCAL_INFILE_HEADER = 0xFB
+
+
+@dataclass(slots=True)
+class SessionState:
+    """Session state changes reported by the server (CLIENT_SESSION_TRACK)."""
+
+    system_variables: dict[str, str] = field(default_factory=dict)
+    schema: str | None = None
+    state_changed: bool = False
+    transaction_state: str | None = None
+    transaction_characteristics: str | None = None
+    gtids: bytes | None = None
+
+
+@dataclass(slots=True)
+class OkPacket:
+    affected_rows: int
+    last_insert_id: int
+    status: int
+    warnings: int
+    info: bytes = b""
+    session_state: SessionState | None = None
+
+
+@dataclass(slots=True)
+class ErrPacket:
+    code: int
+    sqlstate: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"({self.code}, {self.sqlstate}) {self.message}"
+
+
+def parse_ok(payload: bytes, capabilities: int) -> OkPacket:
+    """Parse an OK packet (header 0x00, or 0xFE when it ends a result set under DEPRECATE_EOF)."""
+    if not payload or payload[0] not in (OK_HEADER, EOF_HEADER):
+        raise ProtocolError("not an OK packet")
+    affected, pos = read_lenenc_int(payload, 1)
+    last_id, pos = read_lenenc_int(payload, pos)
+    status = read_u16(payload, pos)
+    warnings = read_u16(payload, pos + 2)
+    pos += 4
+    info = b""
+    state = None
+    if capabilities & Capability.SESSION_TRACK:
+        if pos < len(payload):
+            info, pos = read_lenenc_bytes(payload, pos)
+            if status & Status.SESSION_STATE_CHANGED and pos < len(payload):
+                data, pos = read_lenenc_bytes(payload, pos)
+                state = parse_session_state(data)
+    else:
+        info = bytes(payload[pos:])
+    return OkPacket(affected, last_id, status, warnings, info, state)
+
+
+def parse_session_state(data: bytes) -> SessionState:
+    state = SessionState()
+    pos = 0
+    while pos < len(data):
+        kind = data[pos]
+        entry, pos = read_lenenc_bytes(data, pos + 1)
+        if kind == TrackerType.SYSTEM_VARIABLES:
+            name, p = read_lenenc_bytes(entry, 0)
+            value, _ = read_lenenc_bytes(entry, p)
+            state.system_variables[name.decode()] = value.decode("utf-8", "replace")
+        elif kind == TrackerType.SCHEMA:
+            state.schema = read_lenenc_bytes(entry, 0)[0].decode()
+        elif kind == TrackerType.STATE_CHANGE:
+            state.state_changed = True
+        elif kind == TrackerType.TRANSACTION_STATE:
+            state.transaction_state = read_lenenc_bytes(entry, 0)[0].decode()
+        elif kind == TrackerType.TRANSACTION_CHARACTERISTICS:
+            state.transaction_characteristics = read_lenenc_bytes(entry, 0)[0].decode()
+        elif kind == TrackerType.GTIDS:
+            state.gtids = entry
+        # Unknown tracker types are skipped: the server may know more than we do.
+    return state
+
+
+def parse_err(payload: bytes) -> ErrPacket:
+    if not payload or payload[0] != ERR_HEADER:
+        raise ProtocolError("not an ERR packet")
+    code = read_u16(payload, 1)
+    if len(payload) > 3 and payload[3] == ord("#"):
+        return ErrPacket(code, payload[4:9].decode("ascii", "replace"), _text(payload[9:]))
+    return ErrPacket(code, "HY000", _text(payload[3:]))
+
+
+def parse_eof_status(payload: bytes | memoryview) -> int:
+    """Status flags of an EOF packet (0xFE, warnings, status)."""
+    return read_u16(payload, 3)
+
+
+def ok_payload(
+    status: int,
+    *,
+    affected_rows: int = 0,
+    last_insert_id: int = 0,
+    warnings: int = 0,
+    header: int = OK_HEADER,
+) -> bytes:
+    return (
+        bytes((header,))
+        + lenenc_int(affected_rows)
+        + lenenc_int(last_insert_id)
+        + u16(status)
+        + u16(warnings)
+    )
+
+
+def eof_payload(status: int, warnings: int = 0) -> bytes:
+    return b"\xfe" + u16(warnings) + u16(status)
+
+
+def err_payload(code: int, message: str, sqlstate: bytes | None = None) -> bytes:
+    state = sqlstate if sqlstate is not None else SQLSTATES.get(code, b"HY000")
+    return b"\xff" + u16(code) + b"#" + state + message.encode("utf-8", "replace")
+
+
+def sluice_err_payload(code: ErrorCode, message: str) -> bytes:
+    """An ERR payload for an error sluice itself raises: the message says it is ours."""
+    return err_payload(code, "sluice: " + message)
+
+
+def string_payload(text: str) -> bytes:
+    return lenenc_bytes(text.encode())
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")

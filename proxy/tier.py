@@ -1,0 +1,161 @@
+"""A running tier: listeners, client sessions, the upstream, start and graceful stop.
+
+The tier is the one object that owns everything a `sluice run` process serves; the admin port,
+metrics and the switchover machinery hang off it. Local and remote tiers are the same code: the
+config's `tier` only says what kind of server the upstream is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import socket
+import stat
+
+from .config import Address, Config
+from .frontend import BUSY, INFILE, ClientSession
+from .upstream import Upstream
+from .users import UserDirectory
+
+log = logging.getLogger("sluice.tier")
+
+LISTEN_BACKLOG = 4096
+
+
+class Tier:
+    """Everything one `sluice run` serves."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.users = UserDirectory(config.users)
+        self.upstream = Upstream(config)
+        self.sessions: dict[int, ClientSession] = {}
+        self.auth_failures = 0
+        self.accepting = False
+        self._servers: list[asyncio.Server] = []
+        self._next_id = 0
+        self._unix_paths: list[str] = []
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def next_session_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def admit(self, session: ClientSession) -> bool:
+        """Register a new client, unless the tier is full or stopping."""
+        if not self.accepting or len(self.sessions) >= self.config.limits.max_clients:
+            return False
+        self.sessions[session.id] = session
+        return True
+
+    def forget(self, session: ClientSession) -> None:
+        self.sessions.pop(session.id, None)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        raise_nofile_limit()
+        loop = asyncio.get_running_loop()
+        self.accepting = True
+        for address in self.config.listen:
+            if address.kind == "unix":
+                _remove_stale_socket(address.path)
+                server = await loop.create_unix_server(
+                    lambda: ClientSession(self), address.path, backlog=LISTEN_BACKLOG
+                )
+                os.chmod(address.path, 0o777)  # access is controlled by MySQL authentication
+                self._unix_paths.append(address.path)
+            else:
+                server = await loop.create_server(
+                    lambda: ClientSession(self),
+                    address.host,
+                    address.port,
+                    backlog=LISTEN_BACKLOG,
+                    reuse_address=True,
+                )
+            self._servers.append(server)
+        log.info("%s tier listening on %s", self.config.tier, ", ".join(self.listen_addresses()))
+        try:
+            greeting = await self.upstream.server_greeting()
+            log.info("upstream %s is %s", self.upstream.current.name, greeting.server_version)
+        except Exception as exc:  # not fatal: clients get a clear error until it is reachable
+            log.warning("upstream not reachable yet: %s", exc)
+
+    def listen_addresses(self) -> list[str]:
+        """Where the tier actually listens (ports resolved when the config said 0)."""
+        out = []
+        for server in self._servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                if sock.family == socket.AF_UNIX:
+                    out.append(f"unix:{name}")
+                elif sock.family == socket.AF_INET6:
+                    out.append(f"[{name[0]}]:{name[1]}")
+                else:
+                    out.append(f"{name[0]}:{name[1]}")
+        return out
+
+    def bound_address(self, index: int = 0) -> Address:
+        text = self.listen_addresses()[index]
+        if text.startswith("unix:"):
+            return Address("unix", path=text[5:])
+        host, _, port = text.rpartition(":")
+        return Address("tcp", host=host.strip("[]"), port=int(port))
+
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        """Stop accepting, let running commands finish (up to drain_timeout), close the rest."""
+        self.accepting = False
+        for server in self._servers:
+            server.close()
+        for session in list(self.sessions.values()):
+            if session.state not in (BUSY, INFILE):
+                session.close()
+        deadline = asyncio.get_running_loop().time() + drain_timeout
+        while self.sessions and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            for session in list(self.sessions.values()):
+                if session.state not in (BUSY, INFILE):
+                    session.close()
+        for session in list(self.sessions.values()):
+            session.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        for path in self._unix_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self._servers.clear()
+        log.info("tier stopped")
+
+
+def raise_nofile_limit() -> None:
+    """Thousands of sockets need thousands of descriptors: take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a previous run, refusing if something still listens on it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(f"another process is listening on {path}")

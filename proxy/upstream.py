@@ -1,0 +1,125 @@
+"""The upstream a tier serves: which server to use, what it looks like, how to log in to it.
+
+A remote tier's upstream is a database; a local tier's is a remote tier. Either way it speaks
+the MySQL protocol, so this module does not care which. Clients are greeted with the version
+and capabilities of the real upstream (drivers read the version to choose features), so the
+tier learns them from the upstream's own greeting before it greets anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from . import errors
+from .backend import ServerConnection, UpstreamError, open_connection
+from .protocol.codec import ProtocolError
+from .protocol.constants import ErrorCode
+from .protocol.handshake import Greeting
+from .protocol.messages import parse_err
+
+if TYPE_CHECKING:
+    from .config import Config, ServerConfig
+    from .users import Credential
+
+log = logging.getLogger("sluice.upstream")
+
+
+class Upstream:
+    """The servers of `upstream.servers` and the one sluice currently sends work to."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.servers = config.upstream.servers
+        # Writer discovery and switchover choose the target later; until then it is the first.
+        self.current: ServerConfig = self.servers[0]
+        self.greeting: Greeting | None = None
+        self._probe_lock = asyncio.Lock()
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.config.upstream.connect_timeout
+
+    async def server_greeting(self) -> Greeting:
+        """The current upstream's greeting, read once (and refreshed by every login)."""
+        if self.greeting is not None:
+            return self.greeting
+        async with self._probe_lock:
+            if self.greeting is None:
+                self.greeting = await self._probe()
+        return self.greeting
+
+    async def _probe(self) -> Greeting:
+        server = self.current
+        conn = await self._open(server)
+        try:
+            msg = await asyncio.wait_for(conn.read_message(), self.connect_timeout)
+            if msg.payload[:1] == b"\xff":
+                raise UpstreamError(parse_err(msg.payload), msg.payload)
+            return Greeting.parse(msg.payload)
+        except (TimeoutError, ConnectionError, ProtocolError) as exc:
+            raise errors.upstream_unreachable(
+                server.name, str(server.address), _reason(exc)
+            ) from exc
+        finally:
+            conn.abort()
+
+    async def _open(self, server: ServerConfig) -> ServerConnection:
+        try:
+            return await open_connection(server.name, server.address, self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise errors.upstream_unreachable(
+                server.name, str(server.address), _reason(exc)
+            ) from exc
+
+    async def connect(
+        self,
+        credential: Credential,
+        client_capabilities: int,
+        *,
+        database: str | None,
+        charset: int,
+        max_packet: int,
+        attributes: dict[str, str],
+    ) -> ServerConnection:
+        """A logged-in connection to the current upstream, or errors.ClientError / UpstreamError.
+
+        UpstreamError carries the server's own ERR (e.g. unknown database) for the client;
+        a refused login becomes a sluice error that says the two user lists disagree.
+        """
+        server = self.current
+        conn = await self._open(server)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await conn.login(
+                    credential,
+                    client_capabilities,
+                    database=database,
+                    charset=charset,
+                    max_packet=max_packet,
+                    attributes=attributes,
+                )
+        except UpstreamError as exc:
+            conn.abort()
+            if exc.err.code == ErrorCode.ACCESS_DENIED:
+                raise errors.upstream_refused(
+                    server.name, credential.user, exc.err.message
+                ) from exc
+            raise
+        except (TimeoutError, ConnectionError, ProtocolError) as exc:
+            conn.abort()
+            raise errors.upstream_unreachable(
+                server.name, str(server.address), _reason(exc)
+            ) from exc
+        except BaseException:
+            conn.abort()
+            raise
+        self.greeting = conn.greeting
+        return conn
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
