@@ -44,17 +44,20 @@ STATE_NAMES = ("handshake", "idle", "busy", "infile", "closed")
 PAUSE_PIPELINE = 1
 """Pause reason: the client pipelined more than PIPELINE_LIMIT bytes behind a running command."""
 PIPELINE_LIMIT = 1 << 20
+LINGER_SECONDS = 2.0
+HANDSHAKE_MESSAGE_LIMIT = 1 << 16
+"""A handshake response is a few hundred bytes; anything announcing more is not a client."""
 
 
 class ClientSession(asyncio.Protocol):
     """One client connection to a tier."""
 
     __slots__ = (
-        "_handshake_task",
         "_infile",
         "_paused",
         "_reader",
         "_reply_seq",
+        "_task",
         "_waiter",
         "backend",
         "capabilities",
@@ -85,9 +88,9 @@ class ClientSession(asyncio.Protocol):
         self.credential: Credential | None = None
         self.scramble = b""
         self.connected_at = 0.0
-        self._reader = MessageReader(tier.config.limits.max_packet_size)
+        self._reader = MessageReader(HANDSHAKE_MESSAGE_LIMIT)
         self._waiter: asyncio.Future[None] | None = None
-        self._handshake_task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
         self._infile: InfileTracker | None = None
         self._paused = 0
         self._reply_seq = 1
@@ -102,13 +105,15 @@ class ClientSession(asyncio.Protocol):
         if not self.tier.admit(self):
             self._fail(errors.too_many_clients(self.tier.config.limits.max_clients), seq=0)
             return
-        self._handshake_task = asyncio.get_running_loop().create_task(self._handshake())
+        self._task = asyncio.get_running_loop().create_task(self._handshake())
 
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state == READY and not self._reader.pending and single_packet(data):
             self._command(data, data[4] if len(data) > 4 else -1, None)  # the common case
             return
+        if state == CLOSED:
+            return  # lingering after an error: discard
         if state == INFILE:
             self._infile_data(data)
             return
@@ -185,7 +190,7 @@ class ClientSession(asyncio.Protocol):
                 msg = self._reader.next_message()
             except PacketTooLarge as exc:
                 log.warning("client %s (%s): %s; disconnecting", self.id, self.peer, exc)
-                self._fail(errors.packet_too_large(exc.size, exc.limit), seq=1)
+                self._fail(errors.packet_too_large(exc.size, exc.limit), seq=1, linger=True)
                 return
             if msg is None:
                 return
@@ -205,7 +210,7 @@ class ClientSession(asyncio.Protocol):
             if command == Command.CHANGE_USER:
                 self.state = BUSY
                 payload = msg.payload if msg is not None else raw[4:]
-                asyncio.get_running_loop().create_task(self._change_user(payload))
+                self._task = asyncio.get_running_loop().create_task(self._change_user(payload))
                 return
             log.info("client %s: unsupported command 0x%02x refused", self.id, command)
             self._send(frame(1, errors.unsupported_command(command).payload()))
@@ -265,8 +270,8 @@ class ClientSession(asyncio.Protocol):
             log.info("client %s (%s): handshake timed out", self.id, self.peer)
             self._fail(errors.handshake_failed("timed out"), seq=self._reply_seq)
         except PacketTooLarge as exc:
-            log.warning("client %s (%s): %s during handshake", self.id, self.peer, exc)
-            self._close()
+            log.warning("client %s (%s): bad handshake: %s", self.id, self.peer, exc)
+            self._fail(errors.handshake_failed(f"handshake {exc}"), seq=self._reply_seq)
         except ProtocolError as exc:
             log.warning("client %s (%s): bad handshake: %s", self.id, self.peer, exc)
             self._fail(errors.handshake_failed(str(exc)), seq=self._reply_seq)
@@ -319,6 +324,7 @@ class ClientSession(asyncio.Protocol):
         self.backend = backend
         backend.attach(self, self.transport)  # type: ignore[arg-type]
         self._send(frame(self._reply_seq, backend.auth_ok))
+        self._reader.max_size = tier.config.limits.max_packet_size
         self.state = READY
         if self._reader.pending:
             self._drain()
@@ -381,9 +387,22 @@ class ClientSession(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def _fail(self, error: errors.ClientError, seq: int) -> None:
-        """Tell the client what went wrong, then disconnect it."""
+    def _fail(self, error: errors.ClientError, seq: int, linger: bool = False) -> None:
+        """Tell the client what went wrong, then disconnect it.
+
+        With `linger`, the client may still be sending (an oversized statement): closing a
+        socket with unread input makes the kernel send RST, which can destroy the ERR before
+        the client reads it. So half-close, discard input for a moment, then close.
+        """
         self._send(frame(seq, error.payload()))
+        transport = self.transport
+        if linger and transport is not None and transport.can_write_eof():
+            self.transport = None  # _close() must leave the socket open for now
+            self._close()
+            self.transport = transport
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+            return
         self._close()
 
     def _protocol_violation(self, reason: str) -> None:
@@ -404,7 +423,7 @@ class ClientSession(asyncio.Protocol):
                 backend.abort()  # mid-response: the connection cannot be reused or quit politely
             else:
                 backend.close()
-        task = self._handshake_task
+        task = self._task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
         if self.transport is not None:

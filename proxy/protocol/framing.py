@@ -80,6 +80,14 @@ class MessageReader:
         self._max_size = max_size
 
     @property
+    def max_size(self) -> int:
+        return self._max_size
+
+    @max_size.setter
+    def max_size(self, value: int) -> None:
+        self._max_size = value
+
+    @property
     def pending(self) -> int:
         """Bytes buffered that do not yet form a whole message."""
         return len(self._buf)

@@ -20,11 +20,14 @@ A terminator with MORE_RESULTS_EXISTS goes back to FIRST (multi-statements, CALL
 
 from __future__ import annotations
 
+import struct
+
 from .codec import ProtocolError
 from .constants import MAX_PAYLOAD, Command, Status
 
 FIRST, COLUMNS, COLUMNS_EOF, ROWS, PREPARE, SKIP, SINGLE, DONE = range(8)
 
+_u32 = struct.Struct("<I").unpack_from
 _MORE = int(Status.MORE_RESULTS_EXISTS)
 _CURSOR = int(Status.CURSOR_EXISTS)
 
@@ -152,6 +155,18 @@ class ResponseScanner:
                 return pos
         state = self._state
         while pos < n:
+            if state == ROWS and not self._continued:
+                # Fast path for the bulk of a result set: plain rows, neither a terminator, an
+                # ERR, nor a 16 MiB piece. Only the header and first payload byte are read.
+                while pos + 5 <= n:
+                    length = _u32(data, pos)[0] & 0xFFFFFF
+                    if data[pos + 4] >= 0xFE or not 0 < length < MAX_PAYLOAD:
+                        break
+                    pos += 4 + length
+                if pos >= n:
+                    self._state = state
+                    self._skip = pos - n
+                    return -1
             if n - pos < 4:
                 self._state = state
                 return self._stash(data, pos, 4)
