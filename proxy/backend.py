@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import errors
 from .protocol import capabilities
@@ -22,6 +23,7 @@ from .protocol.framing import Message, MessageReader, frame
 from .protocol.handshake import AuthSwitchRequest, ChangeUser, Greeting, HandshakeResponse
 from .protocol.messages import ErrPacket, OkPacket, parse_err, parse_ok
 from .protocol.scanner import ResponseScanner
+from .session_state import SessionState
 
 if TYPE_CHECKING:
     from .users import Credential
@@ -70,6 +72,7 @@ class ServerConnection(asyncio.Protocol):
     __slots__ = (
         "_client_transport",
         "_forwarded",
+        "_held",
         "_reader",
         "_sink",
         "_waiter",
@@ -77,10 +80,16 @@ class ServerConnection(asyncio.Protocol):
         "auth_ok",
         "capabilities",
         "closed",
+        "counted_closed",
         "greeting",
+        "last_used",
         "lost_reason",
+        "on_lost",
+        "opened_at",
+        "pool_key",
         "scanner",
         "server_name",
+        "state",
         "transport",
     )
 
@@ -99,6 +108,14 @@ class ServerConnection(asyncio.Protocol):
         self._sink: RelaySink | None = None
         self._client_transport: asyncio.Transport | None = None
         self._forwarded = False
+        self._held = b""
+        # Pool bookkeeping (set by the pool that opened it).
+        self.pool_key: Any = None
+        self.opened_at = 0.0
+        self.last_used = 0.0
+        self.on_lost: Callable[[ServerConnection], None] | None = None
+        self.counted_closed = False
+        self.state: SessionState = SessionState(None)
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -110,6 +127,9 @@ class ServerConnection(asyncio.Protocol):
         if sink is None:
             self._reader.feed(data)
             self._wake()
+            return
+        if self.scanner.strip_state:
+            self._relay_stripping(data, sink)
             return
         try:
             end = self.scanner.feed(data)
@@ -129,10 +149,49 @@ class ServerConnection(asyncio.Protocol):
         self._client_transport.write(data)  # type: ignore[union-attr]
         sink.response_done()
 
+    def _relay_stripping(self, data: bytes, sink: RelaySink) -> None:
+        """The relay for clients without CLIENT_SESSION_TRACK: OK packets that carry session
+        state are rewritten without it. Bytes of a packet still being inspected are held back
+        until it is complete, so a rewritten packet never goes out half original."""
+        scanner = self.scanner
+        held = self._held
+        start = scanner.fed - len(held)  # stream offset of buf[0]
+        try:
+            end = scanner.feed(data)
+        except ProtocolError as exc:
+            self._relay_failed(f"malformed response: {exc}")
+            return
+        self._forwarded = True
+        buf = held + data if held else data
+        upto = len(buf) - (len(data) - end) if end >= 0 else len(buf) - scanner.held
+        out = buf[:upto]
+        if scanner.edits:
+            pieces = []
+            last = 0
+            for a, b, replacement in scanner.edits:
+                pieces += (out[last : a - start], replacement)
+                last = b - start
+            pieces.append(out[last:])
+            out = b"".join(pieces)
+            scanner.edits.clear()
+        self._held = buf[upto:] if end < 0 else b""
+        self._client_transport.write(out)  # type: ignore[union-attr]
+        if end < 0:
+            if scanner.infile:
+                sink.infile_requested()
+        elif end != len(data):
+            self._relay_failed("server sent data after the end of its response")
+        else:
+            sink.response_done()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if not self.lost_reason:
             self.lost_reason = f"connection lost: {exc}" if exc else "connection closed by server"
+        on_lost = self.on_lost
+        if on_lost is not None:
+            self.on_lost = None
+            on_lost(self)
         self._wake()
         sink = self._sink
         if sink is not None:
@@ -149,11 +208,17 @@ class ServerConnection(asyncio.Protocol):
 
     # --- relay mode -------------------------------------------------------------------------
 
-    def attach(self, sink: RelaySink, client_transport: asyncio.Transport) -> None:
+    def attach(
+        self, sink: RelaySink, client_transport: asyncio.Transport, client_capabilities: int
+    ) -> None:
         """Relay responses from now on to this client (the session's commands come via send)."""
         self._sink = sink
         self._client_transport = client_transport
         self.scanner.deprecate_eof = bool(self.capabilities & Capability.DEPRECATE_EOF)
+        self.scanner.strip_state = bool(
+            self.capabilities & Capability.SESSION_TRACK
+            and not client_capabilities & Capability.SESSION_TRACK
+        )
 
     def detach(self) -> None:
         self._sink = None
@@ -296,6 +361,21 @@ class ServerConnection(asyncio.Protocol):
         )
         self.transport.write(frame(0, request.payload(self.capabilities)))  # type: ignore[union-attr]
         return await self._finish_auth(credential)
+
+    async def simple_command(self, payload: bytes) -> OkPacket:
+        """A command answered by OK or ERR (COM_PING, COM_INIT_DB, COM_RESET_CONNECTION)."""
+        assert self._sink is None, "command on a relaying connection"
+        self.transport.write(frame(0, payload))  # type: ignore[union-attr]
+        msg = await self.read_message()
+        if msg.payload[:1] == b"\xff":
+            raise UpstreamError(parse_err(msg.payload), msg.payload)
+        return parse_ok(msg.payload, self.capabilities)
+
+    async def ping(self) -> None:
+        await self.simple_command(bytes((Command.PING,)))
+
+    async def init_db(self, schema: str) -> OkPacket:
+        return await self.simple_command(bytes((Command.INIT_DB,)) + schema.encode())
 
     async def query(self, sql: str) -> QueryResult:
         """Run one statement for sluice itself (never on a connection that is relaying)."""

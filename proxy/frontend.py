@@ -1,11 +1,15 @@
-"""Client sessions: greeting, authentication, and the command loop.
+"""Client sessions: greeting, authentication, and the command loop over pooled connections.
 
 A ClientSession is the server side of the protocol toward one client. It greets with the
 upstream's version, authenticates with mysql_native_password (switching clients that open with
-another plugin), logs in upstream as the same user, then relays: each command goes to the
-upstream connection as the client framed it, and responses come back through the backend's
-relay path. Commands wait their turn: at most one is in flight per session, and what a client
-pipelines behind it stays buffered (bounded) until the response ends.
+another plugin), and then runs commands on pooled upstream connections: a connection is taken
+for a command and given back when the response ends, unless the client must keep it — inside
+a transaction, with more results or a LOCAL INFILE pending, or when its session holds state
+that cannot move (pinned). The client's replayable state (schema, system variables) follows it:
+a connection whose state differs is brought in line before the command runs.
+
+Commands wait their turn: at most one is in flight per session, and what a client pipelines
+behind it stays buffered (bounded) until the response ends.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import errors
 from .backend import ServerConnection, UpstreamError
+from .pool import POOL_KEY_CAPABILITIES, PoolKey
 from .protocol import capabilities
 from .protocol.auth import new_scramble
 from .protocol.codec import ProtocolError
@@ -29,7 +34,16 @@ from .protocol.framing import (
     single_packet,
 )
 from .protocol.handshake import AuthSwitchRequest, ChangeUser, Greeting, HandshakeResponse
+from .protocol.messages import ok_payload
 from .protocol.scanner import NO_RESPONSE, RESPONSE_MODES
+from .session_state import (
+    PIN_CHANGE_FAILED,
+    PIN_UNTRACKED,
+    SessionState,
+    holds_next,
+    pin_reason,
+    sync_statements,
+)
 
 if TYPE_CHECKING:
     from .tier import Tier
@@ -48,11 +62,26 @@ LINGER_SECONDS = 2.0
 HANDSHAKE_MESSAGE_LIMIT = 1 << 16
 """A handshake response is a few hundred bytes; anything announcing more is not a client."""
 
+PIN_PREPARED = "prepared_statement"
+_KEEP_STATUS = int(Status.IN_TRANS | Status.CURSOR_EXISTS)
+_STATEMENT_COMMANDS = frozenset(
+    (
+        Command.STMT_PREPARE,
+        Command.STMT_EXECUTE,
+        Command.STMT_SEND_LONG_DATA,
+        Command.STMT_CLOSE,
+        Command.STMT_RESET,
+        Command.STMT_FETCH,
+        Command.STMT_BULK_EXECUTE,
+    )
+)
+
 
 class ClientSession(asyncio.Protocol):
     """One client connection to a tier."""
 
     __slots__ = (
+        "_hold",
         "_infile",
         "_paused",
         "_reader",
@@ -64,10 +93,13 @@ class ClientSession(asyncio.Protocol):
         "charset",
         "connected_at",
         "credential",
-        "database",
         "id",
+        "max_packet",
         "peer",
+        "pinned",
+        "pool_key",
         "scramble",
+        "session",
         "state",
         "tier",
         "transport",
@@ -82,18 +114,26 @@ class ClientSession(asyncio.Protocol):
         self.backend: ServerConnection | None = None
         self.peer = "?"
         self.user = ""
-        self.database: str | None = None
         self.charset = 45
+        self.max_packet = 1 << 24
         self.capabilities = 0
         self.credential: Credential | None = None
         self.scramble = b""
         self.connected_at = 0.0
+        self.session = SessionState(None)
+        self.pool_key: PoolKey | None = None
+        self.pinned: str | None = None
+        self._hold = 0  # keep the connection for this many more responses
         self._reader = MessageReader(HANDSHAKE_MESSAGE_LIMIT)
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._infile: InfileTracker | None = None
         self._paused = 0
         self._reply_seq = 1
+
+    @property
+    def database(self) -> str | None:
+        return self.session.schema
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -121,9 +161,7 @@ class ClientSession(asyncio.Protocol):
         if state == READY:
             self._drain()
         elif state == HANDSHAKE:
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._wake()
         elif state == BUSY and self._reader.pending > PIPELINE_LIMIT:
             self.pause_reading(PAUSE_PIPELINE)
 
@@ -132,9 +170,7 @@ class ClientSession(asyncio.Protocol):
             if self.state == BUSY or self._reader.pending:
                 log.info("client %s (%s) disconnected mid-command", self.id, self.peer)
             self._close()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def pause_writing(self) -> None:  # the client reads slower than the upstream sends
         if self.backend is not None:
@@ -144,10 +180,26 @@ class ClientSession(asyncio.Protocol):
         if self.backend is not None:
             self.backend.resume_reading()
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     # --- relay sink (called by the backend) ---------------------------------------------------
 
     def response_done(self) -> None:
+        backend = self.backend
+        assert backend is not None
+        scanner = backend.scanner
+        if scanner.state_changes or scanner.untracked:
+            self._track_state(backend)
         self.state = READY
+        if self._hold:
+            self._hold -= 1
+        if scanner.warnings:
+            self._hold = max(self._hold, 1)  # SHOW WARNINGS must see this connection
+        if not (self._hold or self.pinned or scanner.status & _KEEP_STATUS):
+            self._release()
         if self._paused & PAUSE_PIPELINE:
             self.resume_reading(PAUSE_PIPELINE)
         if self._reader.pending:
@@ -163,12 +215,29 @@ class ClientSession(asyncio.Protocol):
         if self.state == CLOSED:
             return
         backend = self.backend
-        name = backend.server_name if backend is not None else "?"
-        log.warning("client %s: upstream %s lost (%s); closing the client", self.id, name, reason)
-        if self.state == BUSY and backend is not None and not backend.response_started:
-            self._fail(errors.upstream_lost(name), seq=self._reply_seq)
-        else:
-            self._close()
+        assert backend is not None
+        self.backend = None
+        self.tier.pools.discard(backend)
+        name = backend.server_name
+        in_transaction = bool(backend.scanner.status & Status.IN_TRANS)
+        answerable = self.state == BUSY and not backend.response_started
+        if self.pinned or in_transaction or not answerable:
+            log.warning(
+                "client %s: upstream %s lost (%s); its session state is gone, closing",
+                self.id,
+                name,
+                reason,
+            )
+            if answerable:
+                self._fail(errors.upstream_lost(name), seq=self._reply_seq)
+            else:
+                self._close()
+            return
+        # Nothing of this client's session lived only on that connection: report the failed
+        # command and carry on; the next command gets another connection.
+        log.warning("client %s: upstream %s lost during a command (%s)", self.id, name, reason)
+        self._hold = 0
+        self._reply(frame(self._reply_seq, errors.upstream_lost(name).payload()))
 
     def pause_reading(self, reason: int) -> None:
         if not self._paused and self.transport is not None:
@@ -204,26 +273,67 @@ class ClientSession(asyncio.Protocol):
             self._protocol_violation("empty command packet")
             return
         mode = RESPONSE_MODES.get(command)
-        backend = self.backend
-        assert backend is not None
-        if mode is None:
-            if command == Command.CHANGE_USER:
-                self.state = BUSY
-                payload = msg.payload if msg is not None else raw[4:]
-                self._task = asyncio.get_running_loop().create_task(self._change_user(payload))
-                return
-            log.info("client %s: unsupported command 0x%02x refused", self.id, command)
-            self._send(frame(1, errors.unsupported_command(command).payload()))
+        if mode is None or command == Command.RESET_CONNECTION:
+            self._special_command(command, msg.payload if msg is not None else raw[4:])
             return
-        if mode == NO_RESPONSE:
-            if command == Command.QUIT:
-                self._close()
+        if command == Command.QUIT:
+            self._close()
+            return
+        if command == Command.QUERY:
+            sql = raw[5:] if msg is None else msg.payload[1:]
+            reason = pin_reason(sql)
+            if reason is not None:
+                self._pin(reason)
+            if holds_next(sql):
+                self._hold = 2  # this statement and the transaction it sets up
+        elif command in _STATEMENT_COMMANDS:
+            self._pin(PIN_PREPARED)  # statement ids live on one connection (for now)
+        backend = self.backend
+        if backend is None:
+            backend = self.tier.pools.take_idle_exact(self.pool_key, self.session)
+            if backend is None:
+                self.state = BUSY
+                self._task = asyncio.get_running_loop().create_task(
+                    self._acquire_and_run(raw, mode, msg)
+                )
                 return
+            self._attach(backend)
+        self._run(backend, raw, mode, msg)
+
+    def _run(self, backend: ServerConnection, raw: bytes, mode: int, msg: Message | None) -> None:
+        if mode == NO_RESPONSE:
             backend.send_raw(raw)
             return
         self.state = BUSY
         self._reply_seq = (msg.last_seq if msg is not None else 0) + 1
         backend.send_command(raw, mode)
+
+    async def _acquire_and_run(self, raw: bytes, mode: int, msg: Message | None) -> None:
+        try:
+            backend = await self._acquire()
+        except errors.ClientError as exc:
+            self._reply(frame((msg.last_seq if msg else 0) + 1, exc.payload()))
+            return
+        except UpstreamError as exc:
+            self._reply(frame((msg.last_seq if msg else 0) + 1, exc.raw))
+            return
+        if self.state == CLOSED:
+            self.tier.pools.release(backend)
+            return
+        self._attach(backend)
+        self._run(backend, raw, mode, msg)
+        if mode == NO_RESPONSE:
+            self._reply(b"")
+
+    def _reply(self, data: bytes) -> None:
+        """Answer a command without the upstream and get ready for the next one."""
+        if self.state == CLOSED:
+            return
+        if data:
+            self._send(data)
+        self.state = READY
+        if self._reader.pending:
+            self._drain()
 
     def _infile_data(self, data: bytes) -> None:
         tracker = self._infile
@@ -238,6 +348,120 @@ class ClientSession(asyncio.Protocol):
         self._reply_seq = tracker.last_seq + 1
         if end < len(data):
             self._reader.feed(data[end:])
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _attach(self, backend: ServerConnection) -> None:
+        self.backend = backend
+        backend.attach(self, self.transport, self.capabilities)  # type: ignore[arg-type]
+
+    def _release(self) -> None:
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            backend.detach()
+            self.tier.pools.release(backend)
+
+    def _pin(self, reason: str) -> None:
+        if self.pinned is None:
+            self.pinned = reason
+            self.tier.pins[reason] = self.tier.pins.get(reason, 0) + 1
+            log.debug("client %s pinned: %s", self.id, reason)
+
+    def _track_state(self, backend: ServerConnection) -> None:
+        """Take the state changes the server reported into the session (and the connection)."""
+        scanner = backend.scanner
+        described = self.session.apply(scanner.state_changes, backend.capabilities)
+        if scanner.untracked or not described:
+            self._pin(PIN_UNTRACKED)
+        backend.state = self.session.copy()
+
+    async def _acquire(self) -> ServerConnection:
+        """A pooled connection whose session state matches this client's."""
+        pools = self.tier.pools
+        assert self.pool_key is not None
+        for _ in range(3):
+            conn = await pools.acquire(self.pool_key, self._open, self._matches)
+            try:
+                if await self._sync(conn):
+                    return conn
+            except UpstreamError as exc:
+                pools.discard(conn)
+                if exc.err.code == 1049:  # unknown database: the client's own problem
+                    raise
+                self._pin(PIN_CHANGE_FAILED)
+                raise errors.ClientError(
+                    errors.ErrorCode.UNKNOWN_ERROR,
+                    f"could not restore this session's state on a pooled connection "
+                    f"({exc.err}); reconnect to start from a clean session",
+                ) from exc
+            except BaseException:
+                pools.discard(conn)
+                raise
+            pools.discard(conn)  # cannot be brought in line (a schema cannot be unselected)
+        raise errors.ClientError(
+            errors.ErrorCode.UNKNOWN_ERROR,
+            "could not find or open a pooled connection matching this session; retry",
+        )
+
+    def _matches(self, conn: ServerConnection) -> bool:
+        return conn.state == self.session
+
+    async def _sync(self, conn: ServerConnection) -> bool:
+        """Bring the connection's state in line with the session's; False if impossible."""
+        want = self.session
+        have = conn.state
+        if have == want:
+            return True
+        if want.schema is None and have.schema is not None:
+            return False
+        baseline = self.tier.pools.baselines.get(conn.pool_key, {})
+        statement, schema = sync_statements(want, have, baseline)
+        if schema is not None:
+            await conn.init_db(schema)
+        if statement is not None:
+            await conn.query(statement)
+        conn.state = want.copy()
+        return True
+
+    async def _open(self, key: PoolKey) -> ServerConnection:
+        """Open a pooled connection for this client's pool (the pool's opener)."""
+        assert self.credential is not None
+        return await self.tier.upstream.open_pooled(
+            self.credential,
+            key,
+            client_capabilities=self.capabilities,
+            database=self.session.schema,
+            max_packet=self.tier.config.limits.max_packet_size,
+            baselines=self.tier.pools.baselines,
+        )
+
+    # --- commands sluice answers itself -----------------------------------------------------
+
+    def _special_command(self, command: int, payload: bytes) -> None:
+        if command == Command.CHANGE_USER:
+            self.state = BUSY
+            self._task = asyncio.get_running_loop().create_task(self._change_user(payload))
+        elif command == Command.RESET_CONNECTION:
+            self._reset_session(self.session.schema)
+            self._send(frame(1, ok_payload(Status.AUTOCOMMIT)))
+        else:
+            log.info("client %s: unsupported command 0x%02x refused", self.id, command)
+            self._send(frame(1, errors.unsupported_command(command).payload()))
+
+    def _reset_session(self, schema: str | None) -> None:
+        """Back to a fresh login's state: drop a connection that held state of this session."""
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            backend.detach()
+            if self.pinned or backend.scanner.status & _KEEP_STATUS:
+                self.tier.pools.discard(backend)  # its state dies with it
+            else:
+                self.tier.pools.release(backend)
+        self.session = SessionState(schema)
+        self.pinned = None
+        self._hold = 0
 
     # --- connection phase -------------------------------------------------------------------
 
@@ -282,9 +506,9 @@ class ClientSession(asyncio.Protocol):
         tier = self.tier
         try:
             upstream = await tier.upstream.server_greeting()
-        except errors.ClientError as exc:
+        except errors.ClientError:
             self._reply_seq = 0  # no greeting was sent: the error takes its place
-            raise exc
+            raise
         self.scramble = new_scramble()
         offered = capabilities.offer(upstream.capabilities)
         greeting = Greeting(
@@ -307,27 +531,34 @@ class ClientSession(asyncio.Protocol):
         if credential is None:
             tier.auth_failures += 1
             raise errors.access_denied(response.user, self.peer.rsplit(":", 1)[0], bool(token))
-        self.credential = credential
-        self.database = response.database
         self.charset = response.charset
-        backend = await tier.upstream.connect(
-            credential,
-            self.capabilities,
-            database=response.database,
-            charset=response.charset,
-            max_packet=response.max_packet,
-            attributes=response.attributes,
-        )
+        self.max_packet = response.max_packet
+        await self._log_in(credential, response.database)
         if self.state == CLOSED:
-            backend.close()
             return
-        self.backend = backend
-        backend.attach(self, self.transport)  # type: ignore[arg-type]
-        self._send(frame(self._reply_seq, backend.auth_ok))
+        self._send(frame(self._reply_seq, ok_payload(Status.AUTOCOMMIT)))
         self._reader.max_size = tier.config.limits.max_packet_size
         self.state = READY
         if self._reader.pending:
             self._drain()
+
+    async def _log_in(self, credential: Credential, database: str | None) -> None:
+        """Become `credential`'s session in `database`, proving the upstream accepts both
+        (a pooled connection is taken, brought in line and given back at once)."""
+        self.credential = credential
+        self.user = credential.user
+        self.pool_key = PoolKey(
+            self.tier.upstream.current.name,
+            credential.user,
+            self.capabilities & POOL_KEY_CAPABILITIES,
+            self.charset,
+        )
+        self.session = SessionState(database)
+        backend = await self._acquire()
+        if self.state == CLOSED:
+            self.tier.pools.release(backend)
+            return
+        self.tier.pools.release(backend)
 
     async def _native_token(self, plugin: str | None, token: bytes) -> bytes:
         """The client's mysql_native_password answer, switching it to that plugin if needed."""
@@ -340,7 +571,7 @@ class ClientSession(asyncio.Protocol):
         return msg.payload
 
     async def _change_user(self, payload: bytes) -> None:
-        """COM_CHANGE_USER: authenticate the new user here, then change it upstream."""
+        """COM_CHANGE_USER: authenticate here; the session starts over as the new user."""
         self._reply_seq = 1
         try:
             request = ChangeUser.parse(payload, self.capabilities)
@@ -349,12 +580,10 @@ class ClientSession(asyncio.Protocol):
             if credential is None:
                 self.tier.auth_failures += 1
                 raise errors.access_denied(request.user, self.peer.rsplit(":", 1)[0], bool(token))
-            backend = self.backend
-            assert backend is not None
-            backend.detach()
-            ok = await backend.change_user(
-                credential, request.database, request.charset, request.attributes
-            )
+            self._reset_session(None)
+            if request.charset:
+                self.charset = request.charset
+            await self._log_in(credential, request.database)
         except errors.ClientError as exc:
             log.info("client %s: change user refused: %s", self.id, exc.message)
             self._fail(exc, seq=self._reply_seq)
@@ -368,18 +597,7 @@ class ClientSession(asyncio.Protocol):
             log.warning("client %s: change user failed: %s", self.id, exc)
             self._close()
             return
-        if self.state == CLOSED:
-            return
-        self.user = credential.user
-        self.credential = credential
-        self.database = request.database
-        if request.charset:
-            self.charset = request.charset
-        backend.attach(self, self.transport)  # type: ignore[arg-type]
-        self._send(frame(self._reply_seq, ok))
-        self.state = READY
-        if self._reader.pending:
-            self._drain()
+        self._reply(frame(self._reply_seq, ok_payload(Status.AUTOCOMMIT)))
 
     # --- endings ----------------------------------------------------------------------------
 
@@ -419,10 +637,14 @@ class ClientSession(asyncio.Protocol):
         backend = self.backend
         self.backend = None
         if backend is not None:
+            backend.detach()
             if busy:
-                backend.abort()  # mid-response: the connection cannot be reused or quit politely
+                backend.abort()  # mid-response: the connection cannot be reused
+                self.tier.pools.discard(backend)
+            elif self.pinned or backend.scanner.status & _KEEP_STATUS:
+                self.tier.pools.discard(backend)  # open transaction or session state: drop it
             else:
-                backend.close()
+                self.tier.pools.release(backend)
         task = self._task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()

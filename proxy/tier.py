@@ -17,6 +17,7 @@ import stat
 
 from .config import Address, Config
 from .frontend import BUSY, INFILE, ClientSession
+from .pool import PoolManager
 from .upstream import Upstream
 from .users import UserDirectory
 
@@ -32,8 +33,11 @@ class Tier:
         self.config = config
         self.users = UserDirectory(config.users)
         self.upstream = Upstream(config)
+        self.pools = PoolManager(config.pool, config.upstream.servers)
         self.sessions: dict[int, ClientSession] = {}
+        self.pins: dict[str, int] = {}  # pinned sessions so far, by reason
         self.auth_failures = 0
+        self._janitor: asyncio.Task[None] | None = None
         self.accepting = False
         self._servers: list[asyncio.Server] = []
         self._next_id = 0
@@ -78,12 +82,22 @@ class Tier:
                     reuse_address=True,
                 )
             self._servers.append(server)
+        self._janitor = loop.create_task(self._upkeep())
         log.info("%s tier listening on %s", self.config.tier, ", ".join(self.listen_addresses()))
         try:
             greeting = await self.upstream.server_greeting()
             log.info("upstream %s is %s", self.upstream.current.name, greeting.server_version)
         except Exception as exc:  # not fatal: clients get a clear error until it is reachable
             log.warning("upstream not reachable yet: %s", exc)
+
+    async def _upkeep(self) -> None:
+        """Periodic upkeep (PgBouncer's janitor): expire idle and too old connections."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.pools.expire_idle()
+            except Exception:
+                log.exception("upkeep failed")
 
     def listen_addresses(self) -> list[str]:
         """Where the tier actually listens (ports resolved when the config said 0)."""
@@ -122,6 +136,9 @@ class Tier:
                     session.close()
         for session in list(self.sessions.values()):
             session.close()
+        if self._janitor is not None:
+            self._janitor.cancel()
+        self.pools.close_all()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)

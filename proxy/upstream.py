@@ -18,12 +18,25 @@ from .protocol.codec import ProtocolError
 from .protocol.constants import ErrorCode
 from .protocol.handshake import Greeting
 from .protocol.messages import parse_err
+from .session_state import TRACKING_SETUP, SessionState
 
 if TYPE_CHECKING:
     from .config import Config, ServerConfig
+    from .pool import PoolKey
     from .users import Credential
 
 log = logging.getLogger("sluice.upstream")
+
+POOL_ATTRIBUTES = {"program_name": "sluice", "_client_name": "sluice"}
+"""Connect attributes of pooled connections (they serve many clients, so none of theirs)."""
+
+LOGIN_VARIABLES = (
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+)
+"""Variables a login sets from the handshake's charset rather than the server's globals."""
 
 
 class Upstream:
@@ -116,6 +129,48 @@ class Upstream:
             conn.abort()
             raise
         self.greeting = conn.greeting
+        return conn
+
+    async def open_pooled(
+        self,
+        credential: Credential,
+        key: PoolKey,
+        *,
+        client_capabilities: int,
+        database: str | None,
+        max_packet: int,
+        baselines: dict[PoolKey, dict[str, str]],
+    ) -> ServerConnection:
+        """A new connection for a pool: logged in, reporting session state changes."""
+        conn = await self.connect(
+            credential,
+            client_capabilities,
+            database=database,
+            charset=key.charset,
+            max_packet=max_packet,
+            attributes=POOL_ATTRIBUTES,
+        )
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await conn.query(TRACKING_SETUP)
+                if key not in baselines:
+                    result = await conn.query(
+                        "SELECT " + ", ".join(f"@@{name}" for name in LOGIN_VARIABLES)
+                    )
+                    baselines[key] = {
+                        name: value
+                        for name, value in zip(LOGIN_VARIABLES, result.rows[0], strict=True)
+                        if value is not None
+                    }
+        except (TimeoutError, ConnectionError, ProtocolError) as exc:
+            conn.abort()
+            raise errors.upstream_unreachable(
+                self.current.name, conn.address, _reason(exc)
+            ) from exc
+        except BaseException:
+            conn.abort()
+            raise
+        conn.state = SessionState(database)
         return conn
 
 

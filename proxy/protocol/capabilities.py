@@ -38,8 +38,17 @@ SUPPORTED = (
     | C.MARIADB_EXTENDED_TYPE_INFO
 )
 
-REQUIRED_UPSTREAM = C.PROTOCOL_41 | C.SECURE_CONNECTION | C.PLUGIN_AUTH | C.TRANSACTIONS
-"""What sluice itself needs from an upstream connection, whatever the client asked for."""
+REQUIRED_UPSTREAM = (
+    C.PROTOCOL_41
+    | C.SECURE_CONNECTION
+    | C.PLUGIN_AUTH
+    | C.TRANSACTIONS
+    | C.SESSION_TRACK
+    | C.CONNECT_ATTRS
+)
+"""What sluice itself needs from an upstream connection, whatever the client asked for:
+session tracking above all, so a pooled connection reports every change of session state
+(clients that did not ask for it get OK packets without the state block)."""
 
 EXTENDED = ~0xFFFFFFFF
 

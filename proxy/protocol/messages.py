@@ -103,6 +103,21 @@ def parse_session_state(data: bytes) -> SessionState:
     return state
 
 
+def strip_session_state(payload: bytes) -> bytes:
+    """The OK packet as a client without CLIENT_SESSION_TRACK expects it from MariaDB.
+
+    MariaDB keeps `info` length-encoded either way; only the state-change block and the
+    SESSION_STATE_CHANGED flag are for tracking clients.
+    """
+    _, pos = read_lenenc_int(payload, 1)
+    _, pos = read_lenenc_int(payload, pos)
+    status = read_u16(payload, pos)
+    end = pos + 4
+    if end < len(payload):
+        _, end = read_lenenc_bytes(payload, end)
+    return payload[:pos] + u16(status & ~Status.SESSION_STATE_CHANGED) + payload[pos + 2 : end]
+
+
 def parse_err(payload: bytes) -> ErrPacket:
     if not payload or payload[0] != ERR_HEADER:
         raise ProtocolError("not an ERR packet")

@@ -24,11 +24,14 @@ import struct
 
 from .codec import ProtocolError
 from .constants import MAX_PAYLOAD, Command, Status
+from .framing import frame
+from .messages import strip_session_state
 
 FIRST, COLUMNS, COLUMNS_EOF, ROWS, PREPARE, SKIP, SINGLE, DONE = range(8)
 
 _u32 = struct.Struct("<I").unpack_from
 _MORE = int(Status.MORE_RESULTS_EXISTS)
+_STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
 _CURSOR = int(Status.CURSOR_EXISTS)
 
 NO_RESPONSE = -1
@@ -61,36 +64,36 @@ RESPONSE_MODES: dict[int, int] = {
 """How the response to each relayable command starts. Commands not listed are not relayed."""
 
 
-def _ok_status(data: bytes, p: int) -> int:
-    """Status flags of an OK packet whose header byte is at p (skips two lenenc integers)."""
-    p += 1
-    for _ in range(2):
-        b = data[p]
-        p += 1 if b < 0xFB else 3 if b == 0xFC else 4 if b == 0xFD else 9
-    return data[p] | data[p + 1] << 8
-
-
 class ResponseScanner:
     """Feed it the bytes of one response at a time; `feed` says where the response ends.
 
-    After a response ends: `status` holds the server status flags of its last OK/EOF,
-    `failed` tells whether it ended in ERR, and `last_ok` is the payload of its final OK/EOF
-    (for session tracking). `infile` is set when the server asked for a LOCAL INFILE upload:
-    the caller must then forward the client's file packets, after which the server answers.
+    After a response ends: `status` and `warnings` are those of its last OK/EOF, `failed`
+    tells whether it ended in ERR, `state_changes` holds the OK payloads that reported
+    session state, and `untracked` says an EOF reported a change it could not describe.
+    With `strip_state` (a client without CLIENT_SESSION_TRACK), `edits` lists the OK packets
+    to rewrite without their state block, as (start, end, replacement) stream offsets.
+    `infile` is set when the server asked for a LOCAL INFILE upload: the caller must then
+    forward the client's file packets, after which the server answers.
     """
 
     __slots__ = (
+        "_base",
         "_carry",
         "_continued",
         "_count",
+        "_fed",
         "_skip",
         "_state",
         "_want",
         "deprecate_eof",
+        "edits",
         "failed",
         "infile",
-        "last_ok",
+        "state_changes",
         "status",
+        "strip_state",
+        "untracked",
+        "warnings",
     )
 
     def __init__(self, deprecate_eof: bool = False) -> None:
@@ -102,9 +105,15 @@ class ResponseScanner:
         self._want = 0
         self._continued = False
         self.status = 0
+        self.warnings = 0
         self.failed = False
         self.infile = False
-        self.last_ok = b""
+        self.state_changes: list[bytes] = []
+        self.untracked = False
+        self.strip_state = False
+        self.edits: list[tuple[int, int, bytes]] = []
+        self._fed = 0
+        self._base = 0
 
     @property
     def done(self) -> bool:
@@ -119,9 +128,29 @@ class ResponseScanner:
         self._carry.clear()
         self.failed = False
         self.infile = False
+        self.warnings = 0
+        self._fed = 0
+        if self.state_changes:
+            self.state_changes = []
+        self.untracked = False
+
+    @property
+    def fed(self) -> int:
+        """Bytes of the current response consumed so far (stream offsets for `edits`)."""
+        return self._fed
+
+    @property
+    def held(self) -> int:
+        """Bytes at the end of what was fed that belong to a packet not yet complete."""
+        return len(self._carry)
 
     def feed(self, data: bytes) -> int:
         """Consume `data`; return the offset just past the response's end, or -1 if it goes on."""
+        end = self._feed(data)
+        self._fed += len(data)
+        return end
+
+    def _feed(self, data: bytes) -> int:
         pos = 0
         carry = self._carry
         while carry:  # finish the packet that straddled the previous chunk
@@ -133,9 +162,11 @@ class ResponseScanner:
             pos += need
             buf = bytes(carry)
             carry.clear()
+            self._base = self._fed + pos - len(buf)
             end = self._scan(buf, 0)
             if end >= 0:
                 return pos - (len(buf) - end)
+        self._base = self._fed
         return self._scan(data, pos)
 
     def _stash(self, data: bytes, pos: int, want: int) -> int:
@@ -225,10 +256,32 @@ class ResponseScanner:
 
     def _terminator(self, data: bytes, p: int, length: int) -> int:
         """EOF or (under DEPRECATE_EOF) OK closing a result set or a piece of one."""
-        status = data[p + 3] | data[p + 4] << 8 if length < 9 else _ok_status(data, p)
+        if length < 9:
+            status = data[p + 3] | data[p + 4] << 8
+            self.warnings = data[p + 1] | data[p + 2] << 8
+            if status & _STATE_CHANGED:
+                self.untracked = True  # an EOF says state changed but cannot say how
+        else:
+            status = self._ok(data, p, length)
         self.status = status
-        self.last_ok = data[p : p + length]
         return FIRST if status & _MORE else DONE
+
+    def _ok(self, data: bytes, p: int, length: int) -> int:
+        """Status of an OK packet; keeps what it reports of session state."""
+        q = p + 1
+        for _ in range(2):  # affected rows, last insert id
+            b = data[q]
+            q += 1 if b < 0xFB else 3 if b == 0xFC else 4 if b == 0xFD else 9
+        status = data[q] | data[q + 1] << 8
+        self.warnings = data[q + 2] | data[q + 3] << 8
+        if status & _STATE_CHANGED:
+            payload = bytes(data[p : p + length])
+            self.state_changes.append(payload)
+            if self.strip_state:
+                start = self._base + p - 4
+                stripped = strip_session_state(payload)
+                self.edits.append((start, start + 4 + length, frame(data[p - 1], stripped)))
+        return status
 
     def _whole(self, state: int, data: bytes, p: int, length: int) -> int:
         first = data[p]
@@ -237,9 +290,8 @@ class ResponseScanner:
             return DONE
         if state == FIRST:
             if first == 0x00:
-                status = _ok_status(data, p)
+                status = self._ok(data, p, length)
                 self.status = status
-                self.last_ok = data[p : p + length]
                 return FIRST if status & _MORE else DONE
             if first == 0xFE:
                 return self._terminator(data, p, length)
@@ -259,8 +311,9 @@ class ResponseScanner:
                 raise ProtocolError("expected EOF after column definitions")
             status = data[p + 3] | data[p + 4] << 8
             self.status = status
+            if status & _STATE_CHANGED:
+                self.untracked = True
             if status & _CURSOR:
-                self.last_ok = data[p : p + length]
                 return DONE
             return ROWS
         if state == PREPARE:

@@ -1,0 +1,387 @@
+"""Pools of upstream connections under a hard cap per upstream server.
+
+Connections are pooled per (server, user, capability flags that change semantics or formats,
+login charset): only connections with the same key are interchangeable. The cap
+(`pool.max_connections`) counts every connection to a server across all its pools, open or
+being opened, so the database never sees more — not in a storm, not during reconnects.
+
+Waiters queue FIFO per server. A released connection goes to the first waiter of its server:
+directly when the waiter wants the same pool, otherwise the connection is closed so that the
+waiter can open one of its own. An idle connection of another pool is likewise closed to make
+room when the cap is reached and nothing is idle in the wanted pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import errors
+from .protocol.constants import Capability as C
+
+if TYPE_CHECKING:
+    from .backend import ServerConnection
+    from .config import PoolConfig, ServerConfig
+
+log = logging.getLogger("sluice.pool")
+
+POOL_KEY_CAPABILITIES = (
+    C.FOUND_ROWS
+    | C.LONG_FLAG
+    | C.NO_SCHEMA
+    | C.ODBC
+    | C.LOCAL_FILES
+    | C.IGNORE_SPACE
+    | C.INTERACTIVE
+    | C.MULTI_STATEMENTS
+    | C.MULTI_RESULTS
+    | C.PS_MULTI_RESULTS
+    | C.SESSION_TRACK
+    | C.DEPRECATE_EOF
+    | C.MARIADB_STMT_BULK_OPERATIONS
+    | C.MARIADB_EXTENDED_TYPE_INFO
+)
+"""Client capabilities that make connections non-interchangeable (affected-rows meaning,
+message formats, what the server accepts)."""
+
+HEALTH_CHECK_AFTER = 10.0
+"""A connection idle longer than this is pinged before it is handed out."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    server: str
+    user: str
+    capabilities: int
+    charset: int
+
+
+class AcquireTimeout(errors.ClientError):
+    pass
+
+
+class Waiter:
+    __slots__ = ("future", "key", "since")
+
+    def __init__(self, key: PoolKey) -> None:
+        self.key = key
+        self.future: asyncio.Future[ServerConnection | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.since = time.monotonic()
+
+
+class Pool:
+    """Idle connections of one key (most recently used last) and counts for SHOW POOLS."""
+
+    __slots__ = ("active", "idle", "key", "max_wait", "waited")
+
+    def __init__(self, key: PoolKey) -> None:
+        self.key = key
+        self.idle: list[ServerConnection] = []
+        self.active = 0
+        self.waited = 0
+        self.max_wait = 0.0
+
+
+class ServerSlots:
+    """The hard cap of one upstream server, its FIFO waiters and connect-rate budget."""
+
+    __slots__ = ("_tokens", "_tokens_at", "config", "limit", "open", "opening", "waiters")
+
+    def __init__(self, config: ServerConfig, limit: int) -> None:
+        self.config = config
+        self.limit = limit
+        self.open = 0
+        self.opening = 0
+        self.waiters: collections.deque[Waiter] = collections.deque()
+        self._tokens = 1.0
+        self._tokens_at = time.monotonic()
+
+    @property
+    def used(self) -> int:
+        return self.open + self.opening
+
+    def connect_delay(self, rate: float) -> float:
+        """Seconds to wait before the next connect so that connects stay under `rate`/s."""
+        now = time.monotonic()
+        burst = max(1.0, rate / 10)
+        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / rate
+
+
+Opener = Callable[[PoolKey], Awaitable["ServerConnection"]]
+
+
+class PoolManager:
+    """All pools of a tier and the per-server caps they share."""
+
+    def __init__(self, config: PoolConfig, servers: tuple[ServerConfig, ...]) -> None:
+        self.config = config
+        self.pools: dict[PoolKey, Pool] = {}
+        self.servers = {s.name: ServerSlots(s, config.max_connections) for s in servers}
+        self.baselines: dict[PoolKey, dict[str, str]] = {}
+        """Per pool: login values of the variables a fresh connection does not take from the
+        server's globals (the character set ones), to restore them without reconnecting."""
+
+    def pool(self, key: PoolKey) -> Pool:
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool(key)
+        return pool
+
+    # --- acquiring ----------------------------------------------------------------------------
+
+    def take_idle_exact(self, key: PoolKey | None, state: object) -> ServerConnection | None:
+        """The hot path: an idle connection already in `state` that needs no health check."""
+        pool = self.pools.get(key)  # type: ignore[arg-type]
+        if pool is None:
+            return None
+        idle = pool.idle
+        fresh = time.monotonic() - HEALTH_CHECK_AFTER
+        for i in range(len(idle) - 1, -1, -1):
+            conn = idle[i]
+            if conn.last_used < fresh:
+                return None  # older ones are staler still: let acquire() check them
+            if conn.state == state and not conn.closed:
+                del idle[i]
+                pool.active += 1
+                return conn
+        return None
+
+    def take_idle(
+        self, key: PoolKey, prefer: Callable[[ServerConnection], bool]
+    ) -> ServerConnection | None:
+        """An idle connection of `key` at once (one that `prefer`s first), or None."""
+        pool = self.pools.get(key)
+        if pool is None or not pool.idle:
+            return None
+        idle = pool.idle
+        for i in range(len(idle) - 1, -1, -1):
+            if prefer(idle[i]):
+                conn = idle.pop(i)
+                break
+        else:
+            conn = idle.pop()
+        pool.active += 1
+        return conn
+
+    async def acquire(
+        self, key: PoolKey, opener: Opener, prefer: Callable[[ServerConnection], bool]
+    ) -> ServerConnection:
+        """A connection of `key`: idle, newly opened under the cap, or handed over in turn."""
+        pool = self.pool(key)
+        slots = self.servers[key.server]
+        reserved = False  # a waiter woken for a freed slot holds it (counted in `opening`)
+        while True:
+            if reserved or not slots.waiters:
+                conn = self.take_idle(key, prefer)
+                if conn is not None:
+                    if reserved:
+                        reserved = False
+                        slots.opening -= 1
+                        self._wake_next(slots)
+                    if await self._healthy(conn):
+                        return conn
+                    self._lost_active(conn)
+                    continue
+                if not reserved and slots.used >= slots.limit:
+                    self._evict_idle(slots, not_key=key)
+                if reserved or slots.used < slots.limit:
+                    return await self._open(key, slots, pool, opener, reserved)
+            conn = await self._wait(key, slots, pool)
+            if conn is not None:
+                return conn
+            reserved = True
+
+    async def _healthy(self, conn: ServerConnection) -> bool:
+        if conn.closed:
+            return False
+        if time.monotonic() - conn.last_used < HEALTH_CHECK_AFTER:
+            return True
+        try:
+            await asyncio.wait_for(conn.ping(), 2.0)
+            return True
+        except Exception as exc:
+            log.info("upstream %s connection failed its health check: %s", conn.server_name, exc)
+            conn.abort()
+            return False
+
+    async def _open(
+        self, key: PoolKey, slots: ServerSlots, pool: Pool, opener: Opener, reserved: bool
+    ) -> ServerConnection:
+        if not reserved:
+            slots.opening += 1
+        try:
+            delay = slots.connect_delay(self.config.connect_rate)
+            if delay:
+                await asyncio.sleep(delay)
+            conn = await opener(key)
+        except BaseException:
+            slots.opening -= 1
+            self._wake_next(slots)
+            raise
+        slots.opening -= 1
+        slots.open += 1
+        pool.active += 1
+        conn.pool_key = key
+        conn.opened_at = conn.last_used = time.monotonic()
+        conn.on_lost = self._on_lost
+        return conn
+
+    async def _wait(self, key: PoolKey, slots: ServerSlots, pool: Pool) -> ServerConnection | None:
+        """Queue for this server; returns a handed-over connection, or None for a reserved slot."""
+        waiter = Waiter(key)
+        slots.waiters.append(waiter)
+        pool.waited += 1
+        timeout = self.config.acquire_timeout
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except TimeoutError:
+            if waiter.future.done():
+                return waiter.future.result()  # served at the last moment
+            waiter.future.cancel()
+            raise AcquireTimeout(
+                errors.ErrorCode.CON_COUNT_ERROR,
+                f"no upstream connection to '{key.server}' for user '{key.user}' within "
+                f"{timeout:g}s: all {slots.limit} allowed connections are busy and "
+                f"{len(slots.waiters)} clients are waiting; retry, shorten transactions, or "
+                "raise pool.max_connections if the database allows",
+            ) from None
+        except BaseException:  # the client went away while waiting
+            if waiter.future.done() and not waiter.future.cancelled():
+                got = waiter.future.result()
+                if got is None:
+                    slots.opening -= 1
+                    self._wake_next(slots)
+                else:
+                    self.release(got)
+            else:
+                waiter.future.cancel()
+            raise
+        finally:
+            pool.max_wait = max(pool.max_wait, time.monotonic() - waiter.since)
+            with contextlib.suppress(ValueError):
+                slots.waiters.remove(waiter)
+
+    # --- releasing ----------------------------------------------------------------------------
+
+    def release(self, conn: ServerConnection) -> None:
+        """Return a clean connection: to the first waiter of its server, else to idle."""
+        key = conn.pool_key
+        pool = self.pools[key]
+        pool.active -= 1
+        conn.last_used = time.monotonic()
+        if conn.closed:
+            self._closed(conn)
+            return
+        slots = self.servers[key.server]
+        waiter = self._first_waiter(slots)
+        if waiter is not None:
+            if waiter.key == key:
+                pool.active += 1
+                waiter.future.set_result(conn)
+                return
+            # The next in line needs another pool: make room for it.
+            self._close(conn)
+            return
+        if time.monotonic() - conn.opened_at > self.config.max_lifetime > 0:
+            self._close(conn)
+            return
+        pool.idle.append(conn)
+
+    def discard(self, conn: ServerConnection) -> None:
+        """An active connection that must not be reused (dirty, failed): close it."""
+        pool = self.pools[conn.pool_key]
+        pool.active -= 1
+        self._close(conn)
+
+    def _lost_active(self, conn: ServerConnection) -> None:
+        self.pools[conn.pool_key].active -= 1
+        self._closed(conn)
+
+    def _close(self, conn: ServerConnection) -> None:
+        conn.on_lost = None
+        conn.close()
+        self._closed(conn)
+
+    def _closed(self, conn: ServerConnection) -> None:
+        """Account for a connection that is gone, and let the next waiter use its slot."""
+        if conn.pool_key is None or conn.counted_closed:
+            return
+        conn.counted_closed = True
+        slots = self.servers[conn.pool_key.server]
+        slots.open -= 1
+        self._wake_next(slots)
+
+    def _on_lost(self, conn: ServerConnection) -> None:
+        """Called by a connection whose socket closed; drop it if it sat idle."""
+        pool = self.pools.get(conn.pool_key)  # type: ignore[arg-type]
+        if pool is not None and conn in pool.idle:
+            pool.idle.remove(conn)
+            self._closed(conn)
+
+    def _first_waiter(self, slots: ServerSlots) -> Waiter | None:
+        while slots.waiters:
+            waiter = slots.waiters[0]
+            if not waiter.future.done():
+                return waiter
+            slots.waiters.popleft()
+        return None
+
+    def _wake_next(self, slots: ServerSlots) -> None:
+        """A slot is free: let the first waiter open (or take) a connection."""
+        waiter = self._first_waiter(slots)
+        if waiter is not None and slots.used < slots.limit:
+            slots.waiters.popleft()
+            slots.opening += 1  # reserved for this waiter
+            waiter.future.set_result(None)
+
+    def _evict_idle(self, slots: ServerSlots, not_key: PoolKey) -> bool:
+        """Close the least recently used idle connection of another pool of this server."""
+        oldest: ServerConnection | None = None
+        for pool in self.pools.values():
+            if (
+                pool.key.server == slots.config.name
+                and pool.key != not_key
+                and pool.idle
+                and (oldest is None or pool.idle[0].last_used < oldest.last_used)
+            ):
+                oldest = pool.idle[0]
+        if oldest is None:
+            return False
+        self.pools[oldest.pool_key].idle.remove(oldest)
+        self._close(oldest)
+        return True
+
+    # --- upkeep (the janitor calls this every second) -----------------------------------------
+
+    def expire_idle(self) -> int:
+        """Close idle connections past idle_timeout (keeping min_idle) or max_lifetime."""
+        now = time.monotonic()
+        closed = 0
+        cfg = self.config
+        for pool in self.pools.values():
+            keep = pool.idle[-cfg.min_idle :] if cfg.min_idle else []
+            for conn in list(pool.idle):
+                too_old = cfg.max_lifetime > 0 and now - conn.opened_at > cfg.max_lifetime
+                too_idle = cfg.idle_timeout > 0 and now - conn.last_used > cfg.idle_timeout
+                if too_old or (too_idle and conn not in keep):
+                    pool.idle.remove(conn)
+                    self._close(conn)
+                    closed += 1
+        return closed
+
+    def close_all(self) -> None:
+        for pool in self.pools.values():
+            for conn in pool.idle:
+                self._close(conn)
+            pool.idle.clear()

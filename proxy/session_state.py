@@ -1,0 +1,156 @@
+"""Session state that follows a client across pooled connections, and what pins a client.
+
+The server tells sluice what changed (session tracking on every pooled connection): schema and
+system variables come with their new values and can be replayed on another connection; a
+state change it cannot describe (user variables, temporary tables, text PREPARE) cannot, so the
+client is pinned to its connection until the state is gone. State changed inside a SELECT is
+not reported at all (GET_LOCK, SELECT @v:=…, SQL_CALC_FOUND_ROWS, LAST_INSERT_ID(expr)), so a
+cheap keyword scan of each statement catches those first.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .protocol.codec import ProtocolError
+from .protocol.constants import Capability, Status
+from .protocol.messages import parse_ok
+
+TRACKING_SETUP = (
+    "SET SESSION session_track_system_variables='*', session_track_schema=ON, "
+    "session_track_state_change=ON"
+)
+"""Run on every new pooled connection: report every change of session state in OK packets."""
+
+IGNORED_VARIABLES = frozenset(
+    (
+        # sluice's own tracking settings
+        "session_track_system_variables",
+        "session_track_schema",
+        "session_track_state_change",
+        # read-only, updated by the server itself: reported, but nothing to replay
+        "last_gtid",
+        "in_transaction",
+        "warning_count",
+        "error_count",
+    )
+)
+
+# Pin reasons (also metric labels, keep them stable).
+PIN_USER_VARIABLE = "user_variable"
+PIN_TEMPORARY_TABLE = "temporary_table"
+PIN_LOCK = "named_lock"
+PIN_TABLE_LOCK = "lock_tables"
+PIN_PREPARE = "text_prepare"
+PIN_FOUND_ROWS = "found_rows"
+PIN_LAST_INSERT_ID = "last_insert_id_expr"
+PIN_XA = "xa_transaction"
+PIN_HANDLER = "handler"
+PIN_UNTRACKED = "untracked_state"
+PIN_CHANGE_FAILED = "state_replay_failed"
+
+_PATTERNS: list[tuple[str, bytes]] = [
+    (PIN_USER_VARIABLE, rb"@[\w$`'\"]+\s*:=|\binto\s+@|\bset\s+@(?!@)"),
+    (PIN_TEMPORARY_TABLE, rb"\bcreate\s+(?:or\s+replace\s+)?temporary\b"),
+    (PIN_LOCK, rb"\bget_lock\s*\("),
+    (PIN_TABLE_LOCK, rb"\block\s+tables?\b|\bflush\s+tables?\b.*\bwith\s+read\s+lock"),
+    (PIN_PREPARE, rb"^\s*prepare\b"),
+    (PIN_FOUND_ROWS, rb"\bsql_calc_found_rows\b"),
+    (PIN_LAST_INSERT_ID, rb"\blast_insert_id\s*\(\s*[^)\s]"),
+    (PIN_XA, rb"^\s*xa\b"),
+    (PIN_HANDLER, rb"^\s*handler\b"),
+]
+_PIN_RE = re.compile(
+    b"|".join(b"(?P<%s>%s)" % (name.encode(), rx) for name, rx in _PATTERNS),
+    re.IGNORECASE | re.DOTALL,
+)
+_HOLD_NEXT_RE = re.compile(rb"^\s*set\s+transaction\b", re.IGNORECASE)
+"""SET TRANSACTION (no SESSION/GLOBAL) applies to the next transaction on this connection."""
+
+_STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
+
+
+def pin_reason(sql: bytes) -> str | None:
+    """Why running `sql` would tie the client to its connection, or None."""
+    match = _PIN_RE.search(sql)
+    return match.lastgroup if match else None
+
+
+def holds_next(sql: bytes) -> bool:
+    """Whether `sql` sets up something for the next statement on the same connection."""
+    return _HOLD_NEXT_RE.match(sql) is not None
+
+
+class SessionState:
+    """Replayable state: current schema and system variables changed since login."""
+
+    __slots__ = ("schema", "variables")
+
+    def __init__(self, schema: str | None, variables: dict[str, str] | None = None) -> None:
+        self.schema = schema
+        self.variables = dict(variables or {})
+
+    def copy(self) -> SessionState:
+        return SessionState(self.schema, self.variables)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, SessionState)
+            and self.schema == other.schema
+            and self.variables == other.variables
+        )
+
+    def __repr__(self) -> str:
+        return f"SessionState(schema={self.schema!r}, variables={self.variables!r})"
+
+    def apply(self, ok_payloads: list[bytes], capabilities: int) -> bool:
+        """Apply the changes reported in these OK packets; False if one was not describable."""
+        described = True
+        for payload in ok_payloads:
+            try:
+                ok = parse_ok(payload, capabilities | Capability.SESSION_TRACK)
+            except ProtocolError:
+                return False
+            state = ok.session_state
+            if state is None:
+                continue
+            for name, value in state.system_variables.items():
+                if name not in IGNORED_VARIABLES:
+                    self.variables[name] = value
+            if state.schema is not None:
+                self.schema = state.schema
+            if state.state_changed and not state.system_variables and state.schema is None:
+                described = False
+        return described
+
+
+def sync_statements(
+    want: SessionState, have: SessionState, baseline: dict[str, str]
+) -> tuple[str | None, str | None]:
+    """(SET statement, schema for COM_INIT_DB) that turn a connection's `have` into `want`.
+
+    Variables the connection changed but the client did not go back to their login values:
+    the value recorded in `baseline` when known, else the session DEFAULT (the global value,
+    which is what a fresh login starts from).
+    """
+    assignments = []
+    for name, value in want.variables.items():
+        if have.variables.get(name) != value:
+            assignments.append(f"{name} = {sql_value(value)}")
+    for name in have.variables:
+        if name not in want.variables:
+            base = baseline.get(name)
+            assignments.append(f"{name} = {sql_value(base) if base is not None else 'DEFAULT'}")
+    statement = "SET SESSION " + ", ".join(assignments) if assignments else None
+    schema = want.schema if want.schema != have.schema and want.schema is not None else None
+    return statement, schema
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
+
+
+def sql_value(value: str) -> str:
+    """A tracked variable value as SQL: numbers bare, everything else a quoted string."""
+    if _NUMBER.match(value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
