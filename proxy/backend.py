@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import errors
 from .protocol import capabilities
-from .protocol.codec import ProtocolError, read_lenenc_bytes, read_lenenc_int
+from .protocol.codec import ProtocolError, read_lenenc_bytes, read_lenenc_int, read_u32, u32
 from .protocol.constants import NATIVE_PASSWORD, Capability, Command
 from .protocol.framing import Message, MessageReader, frame
 from .protocol.handshake import AuthSwitchRequest, ChangeUser, Greeting, HandshakeResponse
@@ -57,6 +58,19 @@ class UpstreamError(Exception):
         self.raw = raw
 
 
+MAX_STATEMENTS_PER_CONNECTION = 256
+"""Prepared statements kept per pooled connection (least recently used ones are closed)."""
+
+
+@dataclass(slots=True)
+class ServerStatement:
+    """A statement prepared on one connection, shared by every client that runs its SQL."""
+
+    id: int
+    params: int
+    types: bytes | None = None  # parameter types the server last received for it
+
+
 @dataclass(slots=True)
 class QueryResult:
     """Result of one of sluice's own queries: columns and text rows (None for NULL)."""
@@ -90,6 +104,7 @@ class ServerConnection(asyncio.Protocol):
         "scanner",
         "server_name",
         "state",
+        "statements",
         "transport",
     )
 
@@ -116,6 +131,7 @@ class ServerConnection(asyncio.Protocol):
         self.on_lost: Callable[[ServerConnection], None] | None = None
         self.counted_closed = False
         self.state: SessionState = SessionState(None)
+        self.statements: OrderedDict[bytes, ServerStatement] = OrderedDict()
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -370,6 +386,42 @@ class ServerConnection(asyncio.Protocol):
         if msg.payload[:1] == b"\xff":
             raise UpstreamError(parse_err(msg.payload), msg.payload)
         return parse_ok(msg.payload, self.capabilities)
+
+    async def prepare(self, sql: bytes) -> tuple[ServerStatement | None, list[Message]]:
+        """COM_STMT_PREPARE for sluice: the statement (None on ERR) and the whole response.
+
+        The statement is cached on this connection by its SQL; a statement prepared again
+        replaces the older one, and the least recently used are closed past the bound.
+        """
+        assert self._sink is None, "prepare on a relaying connection"
+        self.transport.write(frame(0, bytes((Command.STMT_PREPARE,)) + sql))  # type: ignore[union-attr]
+        first = await self.read_message()
+        if first.payload[:1] == b"\xff":
+            return None, [first]
+        if len(first.payload) < 9 or first.payload[0] != 0:
+            raise ProtocolError("malformed COM_STMT_PREPARE response")
+        payload = first.payload
+        stmt_id = read_u32(payload, 1)
+        columns = payload[5] | payload[6] << 8
+        params = payload[7] | payload[8] << 8
+        deprecate_eof = self.capabilities & Capability.DEPRECATE_EOF
+        count = params + columns + (0 if deprecate_eof else (params > 0) + (columns > 0))
+        messages = [first]
+        for _ in range(count):
+            messages.append(await self.read_message())
+        statement = ServerStatement(stmt_id, params)
+        old = self.statements.pop(sql, None)
+        if old is not None:
+            self.close_statement(old.id)
+        self.statements[sql] = statement
+        while len(self.statements) > MAX_STATEMENTS_PER_CONNECTION:
+            _, evicted = self.statements.popitem(last=False)
+            self.close_statement(evicted.id)
+        return statement, messages
+
+    def close_statement(self, stmt_id: int) -> None:
+        """COM_STMT_CLOSE (the server sends no reply)."""
+        self.transport.write(frame(0, bytes((Command.STMT_CLOSE,)) + u32(stmt_id)))  # type: ignore[union-attr]
 
     async def ping(self) -> None:
         await self.simple_command(bytes((Command.PING,)))

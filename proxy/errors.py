@@ -99,3 +99,11 @@ def shutting_down() -> ClientError:
         ErrorCode.SERVER_SHUTDOWN,
         "this sluice tier is shutting down; reconnect to reach another tier",
     )
+
+
+def unknown_statement(stmt_id: int) -> ClientError:
+    return ClientError(
+        ErrorCode.UNKNOWN_STMT_HANDLER,
+        f"unknown prepared statement id {stmt_id} (it was closed, or never prepared on this "
+        "session); prepare it again",
+    )

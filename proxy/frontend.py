@@ -19,11 +19,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import errors
-from .backend import ServerConnection, UpstreamError
+from .backend import ServerConnection, ServerStatement, UpstreamError
 from .pool import POOL_KEY_CAPABILITIES, PoolKey
 from .protocol import capabilities
 from .protocol.auth import new_scramble
-from .protocol.codec import ProtocolError
+from .protocol.codec import ProtocolError, read_u32, u32
 from .protocol.constants import NATIVE_PASSWORD, Command, Status
 from .protocol.framing import (
     InfileTracker,
@@ -44,6 +44,7 @@ from .session_state import (
     pin_reason,
     sync_statements,
 )
+from .statements import ClientStatement, bind_execute, wants_cursor, with_statement_id
 
 if TYPE_CHECKING:
     from .tier import Tier
@@ -62,8 +63,8 @@ LINGER_SECONDS = 2.0
 HANDSHAKE_MESSAGE_LIMIT = 1 << 16
 """A handshake response is a few hundred bytes; anything announcing more is not a client."""
 
-PIN_PREPARED = "prepared_statement"
 _KEEP_STATUS = int(Status.IN_TRANS | Status.CURSOR_EXISTS)
+_CURSOR_EXISTS = int(Status.CURSOR_EXISTS)
 _STATEMENT_COMMANDS = frozenset(
     (
         Command.STMT_PREPARE,
@@ -75,14 +76,19 @@ _STATEMENT_COMMANDS = frozenset(
         Command.STMT_BULK_EXECUTE,
     )
 )
+_CURSOR_COMMANDS = (Command.STMT_EXECUTE, Command.STMT_FETCH)
 
 
 class ClientSession(asyncio.Protocol):
     """One client connection to a tier."""
 
     __slots__ = (
+        "_current_statement",
+        "_cursors",
         "_hold",
         "_infile",
+        "_long_data",
+        "_next_statement",
         "_paused",
         "_reader",
         "_reply_seq",
@@ -101,6 +107,7 @@ class ClientSession(asyncio.Protocol):
         "scramble",
         "session",
         "state",
+        "statements",
         "tier",
         "transport",
         "user",
@@ -124,6 +131,11 @@ class ClientSession(asyncio.Protocol):
         self.pool_key: PoolKey | None = None
         self.pinned: str | None = None
         self._hold = 0  # keep the connection for this many more responses
+        self.statements: dict[int, ClientStatement] = {}
+        self._next_statement = 0
+        self._long_data = False  # parameter data sent ahead of an execute lives on the server
+        self._cursors: set[int] = set()  # statements with an open cursor on the connection
+        self._current_statement: tuple[int, int] | None = None  # (command, client id)
         self._reader = MessageReader(HANDSHAKE_MESSAGE_LIMIT)
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -193,17 +205,36 @@ class ClientSession(asyncio.Protocol):
         scanner = backend.scanner
         if scanner.state_changes or scanner.untracked:
             self._track_state(backend)
+        if self._current_statement is not None:
+            command, stmt_id = self._current_statement
+            self._current_statement = None
+            if (
+                command in _CURSOR_COMMANDS
+                and scanner.status & _CURSOR_EXISTS
+                and (not scanner.failed)
+            ):
+                self._cursors.add(stmt_id)
+            else:
+                self._cursors.discard(stmt_id)
         self.state = READY
         if self._hold:
             self._hold -= 1
         if scanner.warnings:
             self._hold = max(self._hold, 1)  # SHOW WARNINGS must see this connection
-        if not (self._hold or self.pinned or scanner.status & _KEEP_STATUS):
+        if not self._must_keep(scanner.status, scanner.failed):
             self._release()
         if self._paused & PAUSE_PIPELINE:
             self.resume_reading(PAUSE_PIPELINE)
         if self._reader.pending:
             self._drain()
+
+    def _must_keep(self, status: int, failed: bool) -> bool:
+        """Whether the session must keep its connection after a response."""
+        if self._hold or self.pinned or status & _KEEP_STATUS or self._long_data or self._cursors:
+            return True
+        # An ERR does not say whether a transaction is open: with autocommit off, a failed
+        # statement may have started one. Keep the connection until a reply says otherwise.
+        return failed and self.session.variables.get("autocommit") == "OFF"
 
     def infile_requested(self) -> None:
         self.state = INFILE
@@ -287,7 +318,8 @@ class ClientSession(asyncio.Protocol):
             if holds_next(sql):
                 self._hold = 2  # this statement and the transaction it sets up
         elif command in _STATEMENT_COMMANDS:
-            self._pin(PIN_PREPARED)  # statement ids live on one connection (for now)
+            self._statement_command(raw, command, mode, msg)
+            return
         backend = self.backend
         if backend is None:
             backend = self.tier.pools.take_idle_exact(self.pool_key, self.session)
@@ -334,6 +366,175 @@ class ClientSession(asyncio.Protocol):
         self.state = READY
         if self._reader.pending:
             self._drain()
+
+    # --- prepared statements ------------------------------------------------------------------
+
+    def _statement_command(self, raw: bytes, command: int, mode: int, msg: Message | None) -> None:
+        payload = msg.payload if msg is not None else raw[4:]
+        if command == Command.STMT_PREPARE:
+            reason = pin_reason(payload[1:])
+            if reason is not None:
+                self._pin(reason)
+            self.state = BUSY
+            self._task = asyncio.get_running_loop().create_task(
+                self._prepare(bytes(payload[1:]), msg.last_seq if msg is not None else 0)
+            )
+            return
+        if len(payload) < 5:
+            self._protocol_violation(f"statement command 0x{command:02x} without an id")
+            return
+        stmt_id = read_u32(payload, 1)
+        stmt = self.statements.get(stmt_id)
+        if command == Command.STMT_CLOSE:
+            self.statements.pop(stmt_id, None)  # the connection keeps it for other clients
+            if stmt_id in self._cursors:
+                self._cursors.discard(stmt_id)
+                if self.backend is not None and not self._must_keep(0, False):
+                    self._release()
+            return
+        if stmt is None:
+            if mode != NO_RESPONSE:
+                self._send(frame(1, errors.unknown_statement(stmt_id).payload()))
+            return
+        if command == Command.STMT_RESET and self.backend is None:
+            # Without a held connection there is no long data or cursor to reset.
+            self._send(frame(1, ok_payload(Status.AUTOCOMMIT)))
+            return
+        backend = self.backend
+        if backend is None:
+            backend = self.tier.pools.take_idle_exact(self.pool_key, self.session)
+            if backend is not None and stmt.sql not in backend.statements:
+                self.tier.pools.release(backend)
+                backend = None
+            if backend is not None:
+                self._attach(backend)
+        if backend is not None and stmt.sql in backend.statements:
+            self._run_statement(backend, raw, payload, command, mode, msg, stmt_id, stmt)
+            return
+        self.state = BUSY
+        self._task = asyncio.get_running_loop().create_task(
+            self._statement_elsewhere(raw, payload, command, mode, msg, stmt_id, stmt)
+        )
+
+    def _run_statement(
+        self,
+        backend: ServerConnection,
+        raw: bytes,
+        payload: bytes,
+        command: int,
+        mode: int,
+        msg: Message | None,
+        stmt_id: int,
+        stmt: ClientStatement,
+    ) -> None:
+        server = backend.statements[stmt.sql]
+        backend.statements.move_to_end(stmt.sql)
+        if command == Command.STMT_EXECUTE:
+            try:
+                data = bind_execute(raw, payload, stmt, server)
+            except ProtocolError as exc:
+                self._protocol_violation(str(exc))
+                return
+        else:
+            data = with_statement_id(raw, server.id)
+        if command == Command.STMT_SEND_LONG_DATA:
+            self._long_data = True
+        elif command != Command.STMT_FETCH:
+            self._long_data = False  # execute and reset consume or drop it
+        if command in _CURSOR_COMMANDS or command == Command.STMT_RESET:
+            if command != Command.STMT_EXECUTE or wants_cursor(payload):
+                self._current_statement = (command, stmt_id)
+            else:
+                self._current_statement = (Command.STMT_RESET, stmt_id)
+        self._run(backend, data, mode, msg)
+
+    async def _statement_elsewhere(
+        self,
+        raw: bytes,
+        payload: bytes,
+        command: int,
+        mode: int,
+        msg: Message | None,
+        stmt_id: int,
+        stmt: ClientStatement,
+    ) -> None:
+        """Run a statement command on a connection where the statement is not prepared yet."""
+        seq = (msg.last_seq if msg is not None else 0) + 1
+        try:
+            backend, server, messages = await self._prepare_on_connection(stmt.sql)
+        except errors.ClientError as exc:
+            self._reply(frame(seq, exc.payload()))
+            return
+        except UpstreamError as exc:
+            self._reply(frame(seq, exc.raw))
+            return
+        except (ConnectionError, ProtocolError) as exc:
+            log.warning("client %s: preparing a statement upstream failed: %s", self.id, exc)
+            self._close()
+            return
+        if self.state == CLOSED:
+            self.tier.pools.release(backend)
+            return
+        self._attach(backend)
+        if server is None:  # the statement no longer prepares (e.g. its table is gone)
+            if not self._must_keep(backend.scanner.status, True):
+                self._release()
+            self._reply(frame(seq, messages[0].payload))
+            return
+        self._run_statement(backend, raw, payload, command, mode, msg, stmt_id, stmt)
+        if mode == NO_RESPONSE:
+            self._reply(b"")
+
+    async def _prepare_on_connection(
+        self, sql: bytes
+    ) -> tuple[ServerConnection, ServerStatement | None, list[Message]]:
+        """Prepare `sql` on the held connection, or on one acquired for it."""
+        backend = self.backend
+        acquired = None
+        if backend is None:
+            backend = acquired = await self._acquire()
+        try:
+            backend.detach()
+            server, messages = await backend.prepare(sql)
+        except BaseException:
+            if acquired is not None:  # held ones are dealt with by _close / upstream_lost
+                acquired.abort()
+                self.tier.pools.discard(acquired)
+            raise
+        return backend, server, messages
+
+    async def _prepare(self, sql: bytes, last_seq: int) -> None:
+        """COM_STMT_PREPARE: prepare on a connection, answer with a client statement id."""
+        try:
+            backend, server, messages = await self._prepare_on_connection(sql)
+        except errors.ClientError as exc:
+            self._reply(frame(last_seq + 1, exc.payload()))
+            return
+        except UpstreamError as exc:
+            self._reply(frame(last_seq + 1, exc.raw))
+            return
+        except (ConnectionError, ProtocolError) as exc:
+            log.warning("client %s: preparing a statement upstream failed: %s", self.id, exc)
+            self._close()
+            return
+        if self.state == CLOSED:
+            self.tier.pools.release(backend)
+            return
+        self._attach(backend)
+        out = []
+        if server is None:
+            out.append(frame(messages[0].seq, messages[0].payload))
+        else:
+            self._next_statement += 1
+            stmt_id = self._next_statement
+            self.statements[stmt_id] = ClientStatement(sql, server.params)
+            first = messages[0].payload
+            out.append(frame(messages[0].seq, first[:1] + u32(stmt_id) + first[5:]))
+            out += (frame(m.seq, m.payload) for m in messages[1:])
+        self.state = READY
+        if not self._must_keep(backend.scanner.status, server is None):
+            self._release()
+        self._reply(b"".join(out))
 
     def _infile_data(self, data: bytes) -> None:
         tracker = self._infile
@@ -455,13 +656,16 @@ class ClientSession(asyncio.Protocol):
         if backend is not None:
             self.backend = None
             backend.detach()
-            if self.pinned or backend.scanner.status & _KEEP_STATUS:
+            if self.pinned or backend.scanner.status & _KEEP_STATUS or self._long_data:
                 self.tier.pools.discard(backend)  # its state dies with it
             else:
                 self.tier.pools.release(backend)
         self.session = SessionState(schema)
         self.pinned = None
         self._hold = 0
+        self.statements.clear()
+        self._cursors.clear()
+        self._long_data = False
 
     # --- connection phase -------------------------------------------------------------------
 
@@ -641,7 +845,7 @@ class ClientSession(asyncio.Protocol):
             if busy:
                 backend.abort()  # mid-response: the connection cannot be reused
                 self.tier.pools.discard(backend)
-            elif self.pinned or backend.scanner.status & _KEEP_STATUS:
+            elif self.pinned or backend.scanner.status & _KEEP_STATUS or self._long_data:
                 self.tier.pools.discard(backend)  # open transaction or session state: drop it
             else:
                 self.tier.pools.release(backend)

@@ -14,6 +14,7 @@ import pytest
 
 from proxy import sandbox as sandbox_mod
 
+from .asyncraw import AsyncRawClient
 from .conftest import short_tmp_dir
 from .harness import TierThread, tier_config
 
@@ -39,13 +40,24 @@ def funnel(small_db):
 
 
 def root(sb) -> pymysql.Connection:
-    return pymysql.connect(host=sb.primary.host, port=sb.primary.port, user="root",
-                           password=sb.users["root"].password, autocommit=True)
+    return pymysql.connect(
+        host=sb.primary.host,
+        port=sb.primary.port,
+        user="root",
+        password=sb.users["root"].password,
+        autocommit=True,
+    )
 
 
 def app(tier: TierThread, sb, **kw) -> pymysql.Connection:
-    params = dict(host="127.0.0.1", port=tier.port, user="app",
-                  password=sb.users["app"].password, database="app", autocommit=True)
+    params = dict(
+        host="127.0.0.1",
+        port=tier.port,
+        user="app",
+        password=sb.users["app"].password,
+        database="app",
+        autocommit=True,
+    )
     params.update(kw)
     return pymysql.connect(**params)
 
@@ -96,9 +108,14 @@ async def test_a_thousand_clients_share_the_capped_pool_without_errors(funnel, s
 
     async def one(n: int) -> None:
         try:
-            conn = await aiomysql.connect(host="127.0.0.1", port=funnel.port, user="app",
-                                          password=small_db.users["app"].password, db="app",
-                                          autocommit=True)
+            conn = await aiomysql.connect(
+                host="127.0.0.1",
+                port=funnel.port,
+                user="app",
+                password=small_db.users["app"].password,
+                db="app",
+                autocommit=True,
+            )
         except Exception as exc:
             errors.append(f"connect: {exc!r}")
             return
@@ -118,8 +135,33 @@ async def test_a_thousand_clients_share_the_capped_pool_without_errors(funnel, s
         finally:
             conn.close()
 
+    async def prepared(n: int) -> None:
+        """A client using server-side prepared statements (every fourth one)."""
+        try:
+            conn = await AsyncRawClient.connect(
+                funnel.port, "app", small_db.users["app"].password, "app"
+            )
+        except Exception as exc:
+            errors.append(f"connect: {exc!r}")
+            return
+        try:
+            stmt = await conn.prepare(f"SELECT v + ? FROM {table} WHERE id = ?")
+            assert await conn.execute_int(stmt, 100, n - 1) == 101
+            double = await conn.prepare("SELECT ? * 2")
+            assert await conn.execute_int(double, n) == 2 * n
+            await conn.close_statement(stmt)
+        except Exception as exc:
+            errors.append(f"prepared client {n}: {exc!r}")
+        finally:
+            conn.close()
+
+    async def client(n: int) -> None:
+        await one(n)
+        if n % 4 == 1:
+            await prepared(n)
+
     with ConnectionSampler(small_db) as sampler:
-        await asyncio.gather(*(one(n) for n in range(clients)))
+        await asyncio.gather(*(client(n) for n in range(clients)))
     assert errors == []
     with admin.cursor() as cur:
         cur.execute(f"SELECT COUNT(*), SUM(v) FROM app.{table}")
@@ -306,9 +348,14 @@ def test_reset_connection_unpins_and_starts_from_a_clean_session(small_db):
 
     config = tier_config(small_db, pool={"max_connections": 2, "acquire_timeout": "5s"})
     with TierThread(config) as tier:
-        cnx = mysql.connector.connect(host="127.0.0.1", port=tier.port, user="app",
-                                      password=small_db.users["app"].password, database="app",
-                                      use_pure=True)
+        cnx = mysql.connector.connect(
+            host="127.0.0.1",
+            port=tier.port,
+            user="app",
+            password=small_db.users["app"].password,
+            database="app",
+            use_pure=True,
+        )
         cur = cnx.cursor()
         cur.execute("SET @x = 5, time_zone = '+02:00'")
         cnx.cmd_reset_connection()

@@ -134,6 +134,7 @@ class ErrorCode(IntEnum):
     OPTION_PREVENTS_STATEMENT = 1290
     CONNECTION_KILLED = 1927
     SERVER_SHUTDOWN = 1053
+    UNKNOWN_STMT_HANDLER = 1243
 
 
 SQLSTATES: dict[int, bytes] = {
@@ -151,4 +152,5 @@ SQLSTATES: dict[int, bytes] = {
     ErrorCode.OPTION_PREVENTS_STATEMENT: b"HY000",
     ErrorCode.CONNECTION_KILLED: b"70100",
     ErrorCode.SERVER_SHUTDOWN: b"08S01",
+    ErrorCode.UNKNOWN_STMT_HANDLER: b"HY000",
 }
