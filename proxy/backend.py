@@ -95,7 +95,10 @@ class ServerConnection(asyncio.Protocol):
         "capabilities",
         "closed",
         "counted_closed",
+        "diagnostics",
         "greeting",
+        "last_insert_id",
+        "last_session",
         "last_used",
         "lost_reason",
         "on_lost",
@@ -132,6 +135,9 @@ class ServerConnection(asyncio.Protocol):
         self.counted_closed = False
         self.state: SessionState = SessionState(None)
         self.statements: OrderedDict[bytes, ServerStatement] = OrderedDict()
+        self.last_insert_id = 0  # what LAST_INSERT_ID() returns on this connection
+        self.last_session = 0  # the client session that ran the latest command here
+        self.diagnostics = False  # warnings/errors of that session's last statement remain
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -249,6 +255,11 @@ class ServerConnection(asyncio.Protocol):
     def send_raw(self, raw: bytes | memoryview) -> None:
         """Forward bytes that expect no response of their own (STMT_CLOSE, infile data)."""
         self.transport.write(raw)  # type: ignore[union-attr]
+
+    @property
+    def thread_id(self) -> int:
+        """The server's id for this connection (what KILL on the server takes)."""
+        return self.greeting.connection_id if self.greeting is not None else 0
 
     @property
     def response_started(self) -> bool:

@@ -107,3 +107,19 @@ def unknown_statement(stmt_id: int) -> ClientError:
         f"unknown prepared statement id {stmt_id} (it was closed, or never prepared on this "
         "session); prepare it again",
     )
+
+
+def unknown_thread(thread_id: int) -> ClientError:
+    return ClientError(
+        ErrorCode.NO_SUCH_THREAD,
+        f"unknown thread id: {thread_id}; through sluice, KILL takes the connection id the "
+        "client got in its handshake (the driver's thread_id()), not CONNECTION_ID()",
+    )
+
+
+def not_thread_owner(thread_id: int) -> ClientError:
+    return ClientError(
+        ErrorCode.KILL_DENIED,
+        f"you are not owner of thread {thread_id}; only sessions of the same user can be "
+        "killed through sluice",
+    )

@@ -24,7 +24,7 @@ from .pool import POOL_KEY_CAPABILITIES, PoolKey
 from .protocol import capabilities
 from .protocol.auth import new_scramble
 from .protocol.codec import ProtocolError, read_u32, u32
-from .protocol.constants import NATIVE_PASSWORD, Command, Status
+from .protocol.constants import NATIVE_PASSWORD, Capability, Command, Status
 from .protocol.framing import (
     InfileTracker,
     Message,
@@ -34,14 +34,20 @@ from .protocol.framing import (
     single_packet,
 )
 from .protocol.handshake import AuthSwitchRequest, ChangeUser, Greeting, HandshakeResponse
-from .protocol.messages import ok_payload
+from .protocol.messages import TYPE_LONGLONG, TYPE_VAR_STRING, ok_payload, text_result
 from .protocol.scanner import NO_RESPONSE, RESPONSE_MODES
 from .session_state import (
+    HOLD_NEXT,
+    KILL,
+    NEEDS_INSERT_ID,
+    NEEDS_PREVIOUS,
     PIN_CHANGE_FAILED,
     PIN_UNTRACKED,
     SessionState,
-    holds_next,
+    diagnostic_query,
+    parse_kill,
     pin_reason,
+    scan_statement,
     sync_statements,
 )
 from .statements import ClientStatement, bind_execute, wants_cursor, with_statement_id
@@ -59,10 +65,15 @@ STATE_NAMES = ("handshake", "idle", "busy", "infile", "closed")
 PAUSE_PIPELINE = 1
 """Pause reason: the client pipelined more than PIPELINE_LIMIT bytes behind a running command."""
 PIPELINE_LIMIT = 1 << 20
+DIAGNOSTICS_HOLD_SECONDS = 1.0
+"""After warnings or an error the client keeps its connection for its next statement (SHOW
+WARNINGS must see them), but an idle client gives it back after this long."""
 LINGER_SECONDS = 2.0
 HANDSHAKE_MESSAGE_LIMIT = 1 << 16
 """A handshake response is a few hundred bytes; anything announcing more is not a client."""
 
+CLEAR_DIAGNOSTICS = "SELECT 1 FROM (SELECT 1) AS sluice_clear_diagnostics"
+"""Resets the warnings/errors a connection keeps (a statement using no table leaves them)."""
 _KEEP_STATUS = int(Status.IN_TRANS | Status.CURSOR_EXISTS)
 _CURSOR_EXISTS = int(Status.CURSOR_EXISTS)
 _STATEMENT_COMMANDS = frozenset(
@@ -85,13 +96,16 @@ class ClientSession(asyncio.Protocol):
     __slots__ = (
         "_current_statement",
         "_cursors",
+        "_diagnostics_hold",
         "_hold",
         "_infile",
         "_long_data",
         "_next_statement",
         "_paused",
+        "_previous",
         "_reader",
         "_reply_seq",
+        "_row_count",
         "_task",
         "_waiter",
         "backend",
@@ -100,6 +114,7 @@ class ClientSession(asyncio.Protocol):
         "connected_at",
         "credential",
         "id",
+        "last_insert_id",
         "max_packet",
         "peer",
         "pinned",
@@ -136,6 +151,10 @@ class ClientSession(asyncio.Protocol):
         self._long_data = False  # parameter data sent ahead of an execute lives on the server
         self._cursors: set[int] = set()  # statements with an open cursor on the connection
         self._current_statement: tuple[int, int] | None = None  # (command, client id)
+        self.last_insert_id = 0  # what LAST_INSERT_ID() returns for this client
+        self._row_count = -1  # what ROW_COUNT() returns after the previous statement
+        self._diagnostics_hold: asyncio.TimerHandle | None = None
+        self._previous: ServerConnection | None = None  # where the last command ran
         self._reader = MessageReader(HANDSHAKE_MESSAGE_LIMIT)
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -205,6 +224,8 @@ class ClientSession(asyncio.Protocol):
         scanner = backend.scanner
         if scanner.state_changes or scanner.untracked:
             self._track_state(backend)
+        if scanner.insert_id:
+            self.last_insert_id = backend.last_insert_id = scanner.insert_id
         if self._current_statement is not None:
             command, stmt_id = self._current_statement
             self._current_statement = None
@@ -217,16 +238,34 @@ class ClientSession(asyncio.Protocol):
             else:
                 self._cursors.discard(stmt_id)
         self.state = READY
+        self._row_count = -1 if scanner.failed or scanner.result_set else scanner.affected_rows
+        if scanner.warnings or scanner.failed:
+            # Sticky: statements that use no table (and SHOW WARNINGS) leave them in place.
+            backend.diagnostics = True
         if self._hold:
             self._hold -= 1
-        if scanner.warnings:
-            self._hold = max(self._hold, 1)  # SHOW WARNINGS must see this connection
         if not self._must_keep(scanner.status, scanner.failed):
-            self._release()
+            if scanner.warnings or scanner.failed:
+                # Its diagnostics live on this connection: keep it for the next statement.
+                self._diagnostics_hold = asyncio.get_running_loop().call_later(
+                    DIAGNOSTICS_HOLD_SECONDS, self._end_diagnostics_hold
+                )
+            else:
+                self._release()
         if self._paused & PAUSE_PIPELINE:
             self.resume_reading(PAUSE_PIPELINE)
         if self._reader.pending:
             self._drain()
+
+    def _end_diagnostics_hold(self) -> None:
+        self._diagnostics_hold = None
+        backend = self.backend
+        if (
+            self.state == READY
+            and backend is not None
+            and not self._must_keep(backend.scanner.status, False)
+        ):
+            self._release()
 
     def _must_keep(self, status: int, failed: bool) -> bool:
         """Whether the session must keep its connection after a response."""
@@ -304,32 +343,55 @@ class ClientSession(asyncio.Protocol):
             self._protocol_violation("empty command packet")
             return
         mode = RESPONSE_MODES.get(command)
-        if mode is None or command == Command.RESET_CONNECTION:
+        if mode is None or command in (Command.RESET_CONNECTION, Command.PROCESS_KILL):
             self._special_command(command, msg.payload if msg is not None else raw[4:])
             return
         if command == Command.QUIT:
             self._close()
             return
+        if self._diagnostics_hold is not None:
+            self._diagnostics_hold.cancel()
+            self._diagnostics_hold = None
+        flags = 0
         if command == Command.QUERY:
             sql = raw[5:] if msg is None else msg.payload[1:]
-            reason = pin_reason(sql)
+            reason, flags = scan_statement(sql)
             if reason is not None:
                 self._pin(reason)
-            if holds_next(sql):
-                self._hold = 2  # this statement and the transaction it sets up
+            if flags:
+                if flags & KILL and self._kill_statement(sql, msg):
+                    return
+                if flags & HOLD_NEXT:
+                    self._hold = 2  # this statement and the transaction it sets up
         elif command in _STATEMENT_COMMANDS:
             self._statement_command(raw, command, mode, msg)
             return
         backend = self.backend
         if backend is None:
-            backend = self.tier.pools.take_idle_exact(self.pool_key, self.session)
-            if backend is None:
-                self.state = BUSY
-                self._task = asyncio.get_running_loop().create_task(
-                    self._acquire_and_run(raw, mode, msg)
-                )
+            previous = self._previous
+            if (
+                flags & NEEDS_PREVIOUS
+                and previous is not None
+                and previous.last_session == self.id
+                and self.tier.pools.take_specific(previous)
+            ):
+                backend = previous  # still untouched by others: its context is ours
+            elif flags & NEEDS_PREVIOUS and self._answer_diagnostics(
+                raw[5:] if msg is None else msg.payload[1:]
+            ):
                 return
-            self._attach(backend)
+            else:
+                backend = self.tier.pools.take_idle_exact(self.pool_key, self.session, self.id)
+            if backend is not None:
+                self._attach(backend)
+        if backend is None or (
+            flags & NEEDS_INSERT_ID and backend.last_insert_id != self.last_insert_id
+        ):
+            self.state = BUSY
+            self._task = asyncio.get_running_loop().create_task(
+                self._acquire_and_run(raw, mode, msg, flags)
+            )
+            return
         self._run(backend, raw, mode, msg)
 
     def _run(self, backend: ServerConnection, raw: bytes, mode: int, msg: Message | None) -> None:
@@ -340,17 +402,35 @@ class ClientSession(asyncio.Protocol):
         self._reply_seq = (msg.last_seq if msg is not None else 0) + 1
         backend.send_command(raw, mode)
 
-    async def _acquire_and_run(self, raw: bytes, mode: int, msg: Message | None) -> None:
+    async def _acquire_and_run(
+        self, raw: bytes, mode: int, msg: Message | None, flags: int = 0
+    ) -> None:
+        seq = (msg.last_seq if msg else 0) + 1
+        backend = self.backend
+        acquired = None
         try:
-            backend = await self._acquire()
+            if backend is None:
+                backend = acquired = await self._acquire()
+            if flags & NEEDS_INSERT_ID and backend.last_insert_id != self.last_insert_id:
+                backend.detach()
+                await backend.query(f"DO LAST_INSERT_ID({self.last_insert_id})")
+                backend.last_insert_id = self.last_insert_id
         except errors.ClientError as exc:
-            self._reply(frame((msg.last_seq if msg else 0) + 1, exc.payload()))
+            self._reply(frame(seq, exc.payload()))
             return
         except UpstreamError as exc:
-            self._reply(frame((msg.last_seq if msg else 0) + 1, exc.raw))
+            if acquired is not None:
+                self.tier.pools.release(acquired)
+            self._reply(frame(seq, exc.raw))
             return
+        except BaseException:
+            if acquired is not None:
+                acquired.abort()
+                self.tier.pools.discard(acquired)
+            raise
         if self.state == CLOSED:
-            self.tier.pools.release(backend)
+            if acquired is not None:
+                self.tier.pools.release(acquired)
             return
         self._attach(backend)
         self._run(backend, raw, mode, msg)
@@ -402,7 +482,7 @@ class ClientSession(asyncio.Protocol):
             return
         backend = self.backend
         if backend is None:
-            backend = self.tier.pools.take_idle_exact(self.pool_key, self.session)
+            backend = self.tier.pools.take_idle_exact(self.pool_key, self.session, self.id)
             if backend is not None and stmt.sql not in backend.statements:
                 self.tier.pools.release(backend)
                 backend = None
@@ -554,12 +634,14 @@ class ClientSession(asyncio.Protocol):
 
     def _attach(self, backend: ServerConnection) -> None:
         self.backend = backend
+        backend.last_session = self.id
         backend.attach(self, self.transport, self.capabilities)  # type: ignore[arg-type]
 
     def _release(self) -> None:
         backend = self.backend
         if backend is not None:
             self.backend = None
+            self._previous = backend
             backend.detach()
             self.tier.pools.release(backend)
 
@@ -606,10 +688,14 @@ class ClientSession(asyncio.Protocol):
         )
 
     def _matches(self, conn: ServerConnection) -> bool:
-        return conn.state == self.session
+        return conn.state == self.session and (not conn.diagnostics or conn.last_session == self.id)
 
     async def _sync(self, conn: ServerConnection) -> bool:
         """Bring the connection's state in line with the session's; False if impossible."""
+        if conn.diagnostics and conn.last_session != self.id:
+            # Another client's warnings or error would answer this client's SHOW WARNINGS.
+            await conn.query(CLEAR_DIAGNOSTICS)
+            conn.diagnostics = False
         want = self.session
         have = conn.state
         if have == want:
@@ -639,7 +725,114 @@ class ClientSession(asyncio.Protocol):
 
     # --- commands sluice answers itself -----------------------------------------------------
 
+    def _answer_diagnostics(self, sql: bytes) -> bool:
+        """Answer SHOW WARNINGS & co. for a client that holds no connection.
+
+        Holding none means its previous statement left no warnings or errors (it would have
+        kept its connection), so the answer is known here; the connection a pool would hand
+        out carries someone else's diagnostics."""
+        query = diagnostic_query(sql)
+        if query is None:
+            return False
+        kind, text = query
+        if kind == "list":
+            columns = [
+                ("Level", TYPE_VAR_STRING),
+                ("Code", TYPE_LONGLONG),
+                ("Message", TYPE_VAR_STRING),
+            ]
+            rows: list[list[bytes | None]] = []
+        elif kind == "count":
+            name = "warning_count" if text.lower() == b"warnings" else "error_count"
+            columns = [(f"@@session.{name}", TYPE_LONGLONG)]
+            rows = [[b"0"]]
+        elif kind == "var":
+            columns = [(text.decode(), TYPE_LONGLONG)]
+            rows = [[b"0"]]
+        else:
+            columns = [(text.decode(), TYPE_LONGLONG)]
+            rows = [[str(self._row_count).encode()]]
+        status = 0 if self.session.variables.get("autocommit") == "OFF" else Status.AUTOCOMMIT
+        payloads = text_result(
+            columns, rows, status, bool(self.capabilities & Capability.DEPRECATE_EOF)
+        )
+        self._send(b"".join(frame(seq, p) for seq, p in enumerate(payloads, start=1)))
+        self._row_count = -1
+        return True
+
+    def _kill_statement(self, sql: bytes, msg: Message | None) -> bool:
+        """KILL [CONNECTION|QUERY] n, where n is a sluice client id (from the handshake)."""
+        parsed = parse_kill(sql)
+        if parsed is None:
+            return False
+        query_only, target = parsed
+        self._start_kill(target, query_only, (msg.last_seq if msg else 0) + 1)
+        return True
+
+    def _start_kill(self, target_id: int, query_only: bool, seq: int) -> None:
+        self.state = BUSY
+        self._task = asyncio.get_running_loop().create_task(self._kill(target_id, query_only, seq))
+
+    async def _kill(self, target_id: int, query_only: bool, seq: int) -> None:
+        """Stop another session's running statement (and, unless QUERY, the session too).
+
+        The id is the one sluice gave the client in its handshake, or the server thread id
+        of a connection a session holds right now (what CONNECTION_ID() showed it). Like the
+        server: only sessions of one's own user; the statement is killed on the database
+        through one of this client's pooled connections."""
+        target = self.tier.sessions.get(target_id) or self.tier.session_on_thread(target_id)
+        if target is None:
+            self._reply(frame(seq, errors.unknown_thread(target_id).payload()))
+            return
+        if target.user != self.user:
+            self._reply(frame(seq, errors.not_thread_owner(target_id).payload()))
+            return
+        running = target.backend if target.state in (BUSY, INFILE) else None
+        if running is not None and target is not self:
+            verb = "KILL QUERY" if query_only else "KILL"
+            try:
+                await self._run_own(f"{verb} {running.thread_id}")
+            except errors.ClientError as exc:
+                self._reply(frame(seq, exc.payload()))
+                return
+            except UpstreamError as exc:
+                if exc.err.code != 1094:  # already gone: fine
+                    self._reply(frame(seq, exc.raw))
+                    return
+        if not query_only:
+            log.info("client %s killed client %s", self.id, target_id)
+            target.close()
+            if target is self:
+                return
+        self._reply(frame(seq, ok_payload(Status.AUTOCOMMIT)))
+
+    async def _run_own(self, sql: str) -> None:
+        """Run a statement of sluice's for this client on a pooled connection of its own."""
+        backend = self.backend
+        if backend is not None:
+            backend.detach()
+            try:
+                await backend.query(sql)
+            finally:
+                if self.backend is backend:
+                    backend.attach(self, self.transport, self.capabilities)  # type: ignore[arg-type]
+            return
+        backend = await self._acquire()
+        try:
+            await backend.query(sql)
+        except UpstreamError:
+            self.tier.pools.release(backend)
+            raise
+        except BaseException:
+            backend.abort()
+            self.tier.pools.discard(backend)
+            raise
+        self.tier.pools.release(backend)
+
     def _special_command(self, command: int, payload: bytes) -> None:
+        if command == Command.PROCESS_KILL and len(payload) >= 5:
+            self._start_kill(read_u32(payload, 1), False, 1)
+            return
         if command == Command.CHANGE_USER:
             self.state = BUSY
             self._task = asyncio.get_running_loop().create_task(self._change_user(payload))
@@ -836,6 +1029,8 @@ class ClientSession(asyncio.Protocol):
     def _close(self) -> None:
         if self.state == CLOSED:
             return
+        if self._diagnostics_hold is not None:
+            self._diagnostics_hold.cancel()
         busy = self.state in (BUSY, INFILE)
         self.state = CLOSED
         backend = self.backend

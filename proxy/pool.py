@@ -140,22 +140,44 @@ class PoolManager:
 
     # --- acquiring ----------------------------------------------------------------------------
 
-    def take_idle_exact(self, key: PoolKey | None, state: object) -> ServerConnection | None:
-        """The hot path: an idle connection already in `state` that needs no health check."""
+    def take_idle_exact(
+        self, key: PoolKey | None, state: object, session_id: int = 0
+    ) -> ServerConnection | None:
+        """The hot path: an idle connection already in `state` that needs no health check.
+
+        Among those, the one this session used last comes first (its ROW_COUNT(), warnings
+        and the like are the session's own), then the most recently used (warm)."""
         pool = self.pools.get(key)  # type: ignore[arg-type]
         if pool is None:
             return None
         idle = pool.idle
         fresh = time.monotonic() - HEALTH_CHECK_AFTER
+        found = -1
         for i in range(len(idle) - 1, -1, -1):
             conn = idle[i]
             if conn.last_used < fresh:
-                return None  # older ones are staler still: let acquire() check them
-            if conn.state == state and not conn.closed:
-                del idle[i]
-                pool.active += 1
-                return conn
-        return None
+                break  # older ones are staler still: acquire() health-checks them
+            if conn.state != state or conn.closed:
+                continue
+            if conn.last_session == session_id:
+                found = i
+                break
+            if found < 0 and not conn.diagnostics:  # others' warnings: acquire() cleans it
+                found = i
+        if found < 0:
+            return None
+        conn = idle.pop(found)
+        pool.active += 1
+        return conn
+
+    def take_specific(self, conn: ServerConnection) -> bool:
+        """Take this very connection if it sits idle (for a client's follow-up statement)."""
+        pool = self.pools.get(conn.pool_key)
+        if pool is None or conn.closed or conn not in pool.idle:
+            return False
+        pool.idle.remove(conn)
+        pool.active += 1
+        return True
 
     def take_idle(
         self, key: PoolKey, prefer: Callable[[ServerConnection], bool]

@@ -60,25 +60,80 @@ _PATTERNS: list[tuple[str, bytes]] = [
     (PIN_XA, rb"^\s*xa\b"),
     (PIN_HANDLER, rb"^\s*handler\b"),
 ]
-_PIN_RE = re.compile(
-    b"|".join(b"(?P<%s>%s)" % (name.encode(), rx) for name, rx in _PATTERNS),
-    re.IGNORECASE | re.DOTALL,
-)
-_HOLD_NEXT_RE = re.compile(rb"^\s*set\s+transaction\b", re.IGNORECASE)
+NEEDS_INSERT_ID = 1
+"""The statement reads LAST_INSERT_ID(): the connection must hold this client's value."""
+NEEDS_PREVIOUS = 2
+"""The statement reads what the client's previous statement left on its connection
+(ROW_COUNT(), FOUND_ROWS(), warnings, errors): run it there when that is still possible."""
+HOLD_NEXT = 4
 """SET TRANSACTION (no SESSION/GLOBAL) applies to the next transaction on this connection."""
+KILL = 8
+"""KILL [CONNECTION|QUERY] n: n is a sluice client id, so sluice carries it out."""
 
+_FLAG_PATTERNS: list[tuple[str, bytes]] = [
+    ("insert_id", rb"\blast_insert_id\s*\(\s*\)|@@(?:session\.)?(?:identity|last_insert_id)\b"),
+    (
+        "previous",
+        rb"\b(?:row_count|found_rows)\s*\(|\bshow\s+(?:warnings|errors)\b"
+        rb"|\bshow\s+count\s*\(\s*\*\s*\)\s*(?:warnings|errors)\b"
+        rb"|@@(?:session\.)?(?:warning_count|error_count)\b|\bget\s+(?:current\s+)?diagnostics\b",
+    ),
+    ("hold_next", rb"^\s*set\s+transaction\b"),
+    ("kill", rb"^\s*kill\b"),
+]
+_FLAGS = {
+    "insert_id": NEEDS_INSERT_ID,
+    "previous": NEEDS_PREVIOUS,
+    "hold_next": HOLD_NEXT,
+    "kill": KILL,
+}
+_SCAN_RE = re.compile(
+    b"|".join(b"(?P<%s>%s)" % (name.encode(), rx) for name, rx in _PATTERNS + _FLAG_PATTERNS),
+    re.DOTALL,
+)
+_PREFILTER = re.compile(
+    rb"@|lock|temporary|prepare|found_rows|last_insert_id|xa|handler|row_count|warnings"
+    rb"|errors|diagnostics|set\s+transaction|identity|kill"
+)
+"""Words at least one of which every pattern above needs: most statements have none, and a
+plain alternation over lowered text costs well under a microsecond."""
+_KILL_RE = re.compile(rb"\s*kill\s+(?:(connection|query)\s+)?(\d+)\s*;?\s*\Z")
 _STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
+
+NOTHING = (None, 0)
+
+
+def scan_statement(sql: bytes) -> tuple[str | None, int]:
+    """(pin reason or None, NEEDS_*/HOLD_NEXT flags) for a statement's text.
+
+    One pass finds every match, so a statement that both pins and reads, say,
+    LAST_INSERT_ID() is classified fully."""
+    text = sql.lower()
+    if _PREFILTER.search(text) is None:
+        return NOTHING
+    pin = None
+    flags = 0
+    for match in _SCAN_RE.finditer(text):
+        group = match.lastgroup
+        flag = _FLAGS.get(group or "")
+        if flag is not None:
+            flags |= flag
+        elif pin is None:
+            pin = group
+    return pin, flags
 
 
 def pin_reason(sql: bytes) -> str | None:
     """Why running `sql` would tie the client to its connection, or None."""
-    match = _PIN_RE.search(sql)
-    return match.lastgroup if match else None
+    return scan_statement(sql)[0]
 
 
-def holds_next(sql: bytes) -> bool:
-    """Whether `sql` sets up something for the next statement on the same connection."""
-    return _HOLD_NEXT_RE.match(sql) is not None
+def parse_kill(sql: bytes) -> tuple[bool, int] | None:
+    """(query only?, id) for `KILL [CONNECTION|QUERY] id`, else None."""
+    match = _KILL_RE.match(sql.lower())
+    if match is None:
+        return None
+    return (match.group(1) or b"").lower() == b"query", int(match.group(2))
 
 
 class SessionState:
@@ -154,3 +209,22 @@ def sql_value(value: str) -> str:
     if _NUMBER.match(value):
         return value
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+_DIAGNOSTIC_RE = re.compile(
+    rb"\s*(?:show\s+(?P<list>warnings|errors)"
+    rb"|show\s+count\s*\(\s*\*\s*\)\s+(?P<count>warnings|errors)"
+    rb"|select\s+(?P<var>@@(?:session\.)?(?:warning_count|error_count))"
+    rb"|select\s+(?P<row_count>row_count\s*\(\s*\)))\s*;?\s*\Z",
+    re.IGNORECASE,
+)
+
+
+def diagnostic_query(sql: bytes) -> tuple[str, bytes] | None:
+    """(kind, text) for the plain diagnostic statements sluice can answer from what it knows
+    of the client's previous statement: list|count|var|row_count, else None."""
+    match = _DIAGNOSTIC_RE.match(sql)
+    if match is None:
+        return None
+    kind = match.lastgroup or ""
+    return kind, match.group(kind)

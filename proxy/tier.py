@@ -24,6 +24,9 @@ from .users import UserDirectory
 log = logging.getLogger("sluice.tier")
 
 LISTEN_BACKLOG = 4096
+FIRST_SESSION_ID = 1_000_000_001
+"""Client ids (the handshake's connection id) start far above the server thread ids a
+client may see from CONNECTION_ID(), so KILL can tell the two apart."""
 
 
 class Tier:
@@ -40,7 +43,7 @@ class Tier:
         self._janitor: asyncio.Task[None] | None = None
         self.accepting = False
         self._servers: list[asyncio.Server] = []
-        self._next_id = 0
+        self._next_id = FIRST_SESSION_ID - 1
         self._unix_paths: list[str] = []
 
     # --- sessions ---------------------------------------------------------------------------
@@ -55,6 +58,13 @@ class Tier:
             return False
         self.sessions[session.id] = session
         return True
+
+    def session_on_thread(self, thread_id: int) -> ClientSession | None:
+        """The session holding the upstream connection with this server thread id."""
+        for session in self.sessions.values():
+            if session.backend is not None and session.backend.thread_id == thread_id:
+                return session
+        return None
 
     def forget(self, session: ClientSession) -> None:
         self.sessions.pop(session.id, None)

@@ -385,3 +385,126 @@ def test_connection_storm_never_exceeds_the_cap(small_db):
             t.join(60)
     assert errors == []
     assert 0 < sampler.added <= 4, (sampler.baseline, sampler.peak)
+
+
+def test_last_insert_id_is_each_clients_own(pair):
+    _, a, b = pair
+    table = f"ai_{uuid.uuid4().hex[:8]}"
+    a.cursor().execute(f"CREATE TABLE {table} (id INT AUTO_INCREMENT PRIMARY KEY, who CHAR(1))")
+    a.cursor().execute(f"INSERT INTO {table} (who) VALUES ('a')")
+    b.cursor().execute(f"INSERT INTO {table} (who) VALUES ('b'), ('b')")
+    # one shared connection: the server's LAST_INSERT_ID() there is now b's
+    assert one_value(a, "SELECT LAST_INSERT_ID()") == 1
+    assert one_value(b, "SELECT LAST_INSERT_ID()") == 2
+    assert one_value(a, f"SELECT who FROM {table} WHERE id = LAST_INSERT_ID()") == "a"
+    assert one_value(a, "SELECT @@identity") == 1
+
+
+def test_row_count_comes_from_the_clients_previous_statement_when_uninterrupted(small_db):
+    """Guaranteed only while nobody else used that connection in between (see README)."""
+    config = tier_config(small_db, pool={"max_connections": 2, "acquire_timeout": "5s"})
+    with TierThread(config) as tier:
+        a, b = app(tier, small_db), app(tier, small_db)
+        table = f"rc_{uuid.uuid4().hex[:8]}"
+        a.cursor().execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, v TINYINT)")
+        a.cursor().execute(f"INSERT INTO {table} VALUES (1, 0), (2, 0), (3, 0)")
+        b.begin()
+        one_value(b, "SELECT 1")  # b holds the other connection meanwhile
+        a.cursor().execute(f"UPDATE {table} SET v = 1 WHERE id < 3")
+        assert one_value(a, "SELECT ROW_COUNT()") == 2
+        b.commit()
+        a.close()
+        b.close()
+
+
+def test_warnings_stay_with_the_client_that_caused_them(pair):
+    _, a, b = pair
+    done = threading.Event()
+    assert one_value(a, "SELECT CAST('12abc' AS SIGNED)") == 12  # with warning 1292
+    # a keeps its connection for the next statement, so b (one connection in all) waits
+    t = threading.Thread(target=lambda: (one_value(b, "SELECT 1"), done.set()))
+    t.start()
+    assert not done.wait(0.3)
+    with a.cursor() as cur:
+        cur.execute("SHOW WARNINGS")
+        assert [row[1] for row in cur.fetchall()] == [1292]
+    assert done.wait(5)
+    t.join()
+    with b.cursor() as cur:
+        cur.execute("SHOW WARNINGS")  # b's previous statement had none
+        assert cur.fetchall() == ()
+
+
+def test_kill_query_takes_the_handshake_id_and_stops_only_that_clients_work(small_db):
+    config = tier_config(small_db, pool={"max_connections": 3, "acquire_timeout": "5s"})
+    with TierThread(config) as tier:
+        victim, bystander, killer = (app(tier, small_db) for _ in range(3))
+        assert victim.thread_id() > 1_000_000_000  # sluice's id, not a server thread id
+        outcome: dict[str, object] = {}
+
+        def sleep(conn, key) -> None:
+            try:
+                outcome[key] = one_value(conn, "SELECT SLEEP(3)")
+            except pymysql.err.OperationalError as exc:
+                outcome[key] = exc.args[0]
+
+        threads = [
+            threading.Thread(target=sleep, args=(victim, "victim")),
+            threading.Thread(target=sleep, args=(bystander, "bystander")),
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        killer.cursor().execute(f"KILL QUERY {victim.thread_id()}")
+        threads[0].join(5)
+        assert outcome["victim"] == 1317
+        assert time.monotonic() - started < 2
+        threads[1].join(5)
+        assert outcome["bystander"] == 0  # untouched
+        assert one_value(victim, "SELECT 'alive'") == "alive"
+        with pytest.raises(pymysql.err.OperationalError) as info:
+            killer.cursor().execute("KILL QUERY 4000000000")
+        assert info.value.args[0] == 1094
+        assert info.value.args[1].startswith("sluice: unknown thread id")
+        killer.cursor().execute(f"KILL {victim.thread_id()}")
+        with pytest.raises(pymysql.err.OperationalError):
+            one_value(victim, "SELECT 1")
+        for conn in (bystander, killer):
+            conn.close()
+
+
+def test_kill_refuses_another_users_session(small_db):
+    config = tier_config(
+        small_db,
+        pool={"max_connections": 3, "acquire_timeout": "5s"},
+        users=[
+            {"name": "app", "password": small_db.users["app"].password},
+            {"name": "root", "password": small_db.users["root"].password},
+        ],
+    )
+    with TierThread(config) as tier:
+        victim = app(tier, small_db)
+        other = app(tier, small_db, user="root", password=small_db.users["root"].password)
+        with pytest.raises(pymysql.err.OperationalError) as info:
+            other.cursor().execute(f"KILL {victim.thread_id()}")
+        assert info.value.args[0] == 1095
+        assert one_value(victim, "SELECT 'still here'") == "still here"
+        victim.close()
+        other.close()
+
+
+def test_row_count_survives_another_clients_statement_in_between(pair):
+    _, a, b = pair
+    table = f"rc_{uuid.uuid4().hex[:8]}"
+    a.cursor().execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, v INT)")
+    a.cursor().execute(f"INSERT INTO {table} VALUES (1, 0), (2, 0), (3, 0)")
+    a.cursor().execute(f"UPDATE {table} SET v = 1 WHERE id < 3")
+    b.cursor().execute(f"DELETE FROM {table} WHERE id = 3")  # same, only connection
+    assert one_value(a, "SELECT ROW_COUNT()") == 2
+    assert one_value(b, "select row_count()") == 1
+    one_value(a, f"SELECT * FROM {table}")
+    assert one_value(a, "SELECT ROW_COUNT()") == -1  # after a result set, as the server says
+    with a.cursor() as cur:
+        cur.execute("SHOW COUNT(*) WARNINGS")
+        assert cur.fetchone() == (0,)

@@ -135,6 +135,8 @@ class ErrorCode(IntEnum):
     CONNECTION_KILLED = 1927
     SERVER_SHUTDOWN = 1053
     UNKNOWN_STMT_HANDLER = 1243
+    NO_SUCH_THREAD = 1094
+    KILL_DENIED = 1095
 
 
 SQLSTATES: dict[int, bytes] = {
@@ -153,4 +155,6 @@ SQLSTATES: dict[int, bytes] = {
     ErrorCode.CONNECTION_KILLED: b"70100",
     ErrorCode.SERVER_SHUTDOWN: b"08S01",
     ErrorCode.UNKNOWN_STMT_HANDLER: b"HY000",
+    ErrorCode.NO_SUCH_THREAD: b"HY000",
+    ErrorCode.KILL_DENIED: b"HY000",
 }

@@ -169,3 +169,48 @@ def string_payload(text: str) -> bytes:
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
+
+
+TYPE_LONGLONG = 0x08
+TYPE_VAR_STRING = 0xFD
+_BINARY_CHARSET = 63
+_UTF8_CHARSET = 33
+
+
+def column_definition(name: str, column_type: int, length: int = 21) -> bytes:
+    """A Protocol::ColumnDefinition41 for a result set sluice builds itself."""
+    encoded = name.encode()
+    charset = _BINARY_CHARSET if column_type == TYPE_LONGLONG else _UTF8_CHARSET
+    return b"".join(
+        (
+            lenenc_bytes(b"def"),
+            lenenc_bytes(b""),  # schema
+            lenenc_bytes(b""),  # table
+            lenenc_bytes(b""),  # org_table
+            lenenc_bytes(encoded),
+            lenenc_bytes(encoded),
+            b"\x0c",
+            u16(charset),
+            length.to_bytes(4, "little"),
+            bytes((column_type,)),
+            u16(0x81 if column_type == TYPE_LONGLONG else 0x01),  # (BINARY|)NOT_NULL
+            b"\x00\x00\x00",  # decimals, filler
+        )
+    )
+
+
+def text_result(
+    columns: list[tuple[str, int]],
+    rows: list[list[bytes | None]],
+    status: int,
+    deprecate_eof: bool,
+) -> list[bytes]:
+    """Payloads of a complete text-protocol result set (for answers sluice gives itself)."""
+    out = [lenenc_int(len(columns))]
+    out += (column_definition(name, kind) for name, kind in columns)
+    if not deprecate_eof:
+        out.append(eof_payload(status))
+    for row in rows:
+        out.append(b"".join(b"\xfb" if v is None else lenenc_bytes(v) for v in row))
+    out.append(ok_payload(status, header=0xFE) if deprecate_eof else eof_payload(status))
+    return out

@@ -85,10 +85,13 @@ class ResponseScanner:
         "_skip",
         "_state",
         "_want",
+        "affected_rows",
         "deprecate_eof",
         "edits",
         "failed",
         "infile",
+        "insert_id",
+        "result_set",
         "state_changes",
         "status",
         "strip_state",
@@ -108,6 +111,9 @@ class ResponseScanner:
         self.warnings = 0
         self.failed = False
         self.infile = False
+        self.insert_id = 0
+        self.affected_rows = 0
+        self.result_set = False
         self.state_changes: list[bytes] = []
         self.untracked = False
         self.strip_state = False
@@ -128,6 +134,7 @@ class ResponseScanner:
         self._carry.clear()
         self.failed = False
         self.infile = False
+        self.insert_id = 0
         self.warnings = 0
         self._fed = 0
         if self.state_changes:
@@ -268,10 +275,25 @@ class ResponseScanner:
 
     def _ok(self, data: bytes, p: int, length: int) -> int:
         """Status of an OK packet; keeps what it reports of session state."""
-        q = p + 1
-        for _ in range(2):  # affected rows, last insert id
-            b = data[q]
-            q += 1 if b < 0xFB else 3 if b == 0xFC else 4 if b == 0xFD else 9
+        b = data[p + 1]  # affected rows: what ROW_COUNT() now returns for a statement
+        if b < 0xFB:
+            self.affected_rows = b
+            q = p + 2
+        else:
+            n = 2 if b == 0xFC else 3 if b == 0xFD else 8
+            self.affected_rows = int.from_bytes(data[p + 2 : p + 2 + n], "little")
+            q = p + 2 + n
+        b = data[q]  # last insert id: what LAST_INSERT_ID() now returns on this connection
+        if b:
+            if b < 0xFB:
+                self.insert_id = b
+                q += 1
+            else:
+                n = 2 if b == 0xFC else 3 if b == 0xFD else 8
+                self.insert_id = int.from_bytes(data[q + 1 : q + 1 + n], "little")
+                q += 1 + n
+        else:
+            q += 1
         status = data[q] | data[q + 1] << 8
         self.warnings = data[q + 2] | data[q + 3] << 8
         if status & _STATE_CHANGED:
@@ -290,6 +312,7 @@ class ResponseScanner:
             return DONE
         if state == FIRST:
             if first == 0x00:
+                self.result_set = False
                 status = self._ok(data, p, length)
                 self.status = status
                 return FIRST if status & _MORE else DONE
@@ -305,6 +328,7 @@ class ResponseScanner:
                 else:
                     raise ProtocolError(f"unexpected response header 0x{first:02x}")
             self._count = count
+            self.result_set = True
             return COLUMNS
         if state == COLUMNS_EOF:
             if first != 0xFE:
