@@ -88,6 +88,7 @@ class ServerConnection(asyncio.Protocol):
         "_forwarded",
         "_held",
         "_reader",
+        "_reading_paused",
         "_sink",
         "_waiter",
         "address",
@@ -127,6 +128,7 @@ class ServerConnection(asyncio.Protocol):
         self._client_transport: asyncio.Transport | None = None
         self._forwarded = False
         self._held = b""
+        self._reading_paused = False
         # Pool bookkeeping (set by the pool that opened it).
         self.pool_key: Any = None
         self.opened_at = 0.0
@@ -245,6 +247,8 @@ class ServerConnection(asyncio.Protocol):
     def detach(self) -> None:
         self._sink = None
         self._client_transport = None
+        if self._reading_paused:  # paused for a slow client that no longer owns it
+            self.resume_reading()
 
     def send_command(self, raw: bytes, mode: int) -> None:
         """Forward a client's command (framed bytes) and expect a response of `mode`."""
@@ -267,11 +271,13 @@ class ServerConnection(asyncio.Protocol):
         return self._forwarded
 
     def pause_reading(self) -> None:
-        if not self.closed:
+        if not self.closed and not self._reading_paused:
+            self._reading_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
 
     def resume_reading(self) -> None:
-        if not self.closed:
+        if not self.closed and self._reading_paused:
+            self._reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
 
     def _relay_failed(self, reason: str) -> None:

@@ -108,6 +108,7 @@ class ClientSession(asyncio.Protocol):
         "_row_count",
         "_task",
         "_waiter",
+        "_write_blocked",
         "backend",
         "capabilities",
         "charset",
@@ -160,6 +161,7 @@ class ClientSession(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._infile: InfileTracker | None = None
         self._paused = 0
+        self._write_blocked = False  # the client's socket buffer is full (pause_writing)
         self._reply_seq = 1
 
     @property
@@ -204,10 +206,12 @@ class ClientSession(asyncio.Protocol):
         self._wake()
 
     def pause_writing(self) -> None:  # the client reads slower than the upstream sends
+        self._write_blocked = True
         if self.backend is not None:
             self.backend.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_blocked = False
         if self.backend is not None:
             self.backend.resume_reading()
 
@@ -636,6 +640,8 @@ class ClientSession(asyncio.Protocol):
         self.backend = backend
         backend.last_session = self.id
         backend.attach(self, self.transport, self.capabilities)  # type: ignore[arg-type]
+        if self._write_blocked:
+            backend.pause_reading()
 
     def _release(self) -> None:
         backend = self.backend

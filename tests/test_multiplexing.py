@@ -508,3 +508,24 @@ def test_row_count_survives_another_clients_statement_in_between(pair):
     with a.cursor() as cur:
         cur.execute("SHOW COUNT(*) WARNINGS")
         assert cur.fetchone() == (0,)
+
+
+def test_clients_without_session_tracking_get_ok_packets_as_from_the_server(pair, small_db):
+    _, a, _ = pair
+    direct = pymysql.connect(host=small_db.primary.host, port=small_db.primary.port,
+                             user="app", password=small_db.users["app"].password,
+                             database="app", autocommit=True)
+    table = f"ok_{uuid.uuid4().hex[:8]}"
+    direct.cursor().execute(f"CREATE TABLE {table} (id INT PRIMARY KEY)")
+    seen = []
+    for n, conn in enumerate((direct, a)):  # PyMySQL does not ask for CLIENT_SESSION_TRACK
+        with conn.cursor() as cur:
+            cur.execute("SET time_zone = '+01:00'")
+            oks = [(conn._result.message, conn.server_status)]
+            cur.execute(f"INSERT INTO {table} VALUES ({n * 2}), ({n * 2 + 1})")  # last_gtid
+            oks.append((conn._result.message, conn.server_status))
+        seen.append(oks)
+    direct.close()
+    assert seen[0] == seen[1]
+    assert b"Records: 2" in seen[1][1][0]  # MariaDB length-encodes it; PyMySQL keeps the byte
+    assert not seen[1][0][1] & 0x4000  # no SESSION_STATE_CHANGED for a client that cannot read it

@@ -234,3 +234,25 @@ def test_data_after_the_end_of_a_response_is_a_protocol_error():
     assert scanner.feed(data) == len(data)
     with pytest.raises(ProtocolError):
         scanner.feed(frame(3, b"\x00"))
+
+
+def test_state_changes_are_collected_and_stripped_for_clients_without_tracking():
+    from proxy.protocol.codec import lenenc_bytes
+    from proxy.protocol.messages import strip_session_state
+
+    state = b"\x00" + lenenc_bytes(lenenc_bytes(b"time_zone") + lenenc_bytes(b"+01:00"))
+    ok = ok_payload(AUTOCOMMIT | Status.SESSION_STATE_CHANGED) + lenenc_bytes(b"") + (
+        lenenc_bytes(state)
+    )
+    data = packets([ok])
+    stripped = strip_session_state(ok)
+    assert stripped == ok_payload(AUTOCOMMIT)  # empty info: left out, as MariaDB does
+    for cut in range(1, len(data)):  # the OK straddles two chunks at every possible point
+        scanner = ResponseScanner()
+        scanner.strip_state = True
+        scanner.start(RESPONSE_MODES[Command.QUERY])
+        assert scanner.feed(data[:cut]) == -1
+        assert scanner.held == cut  # nothing of the packet may go out before it is rewritten
+        assert scanner.feed(data[cut:]) == len(data) - cut
+        assert scanner.state_changes == [ok]
+        assert scanner.edits == [(0, len(data), frame(1, stripped))]

@@ -104,17 +104,20 @@ def parse_session_state(data: bytes) -> SessionState:
 
 
 def strip_session_state(payload: bytes) -> bytes:
-    """The OK packet as a client without CLIENT_SESSION_TRACK expects it from MariaDB.
+    """The OK packet as MariaDB sends it to a client without CLIENT_SESSION_TRACK.
 
-    MariaDB keeps `info` length-encoded either way; only the state-change block and the
-    SESSION_STATE_CHANGED flag are for tracking clients.
+    The state-change block and the SESSION_STATE_CHANGED flag go; the info text stays
+    length-encoded, as MariaDB writes it either way, and is left out when empty (as MariaDB
+    does for such clients).
     """
     _, pos = read_lenenc_int(payload, 1)
     _, pos = read_lenenc_int(payload, pos)
     status = read_u16(payload, pos)
     end = pos + 4
     if end < len(payload):
-        _, end = read_lenenc_bytes(payload, end)
+        info, info_end = read_lenenc_bytes(payload, end)
+        if info:
+            end = info_end
     return payload[:pos] + u16(status & ~Status.SESSION_STATE_CHANGED) + payload[pos + 2 : end]
 
 
