@@ -52,7 +52,7 @@ def install_uvloop() -> None:
 # --- sluice run ---------------------------------------------------------------------------------
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, path: str) -> int:
     from .tier import Tier
 
     tier = Tier(config)
@@ -61,6 +61,14 @@ async def serve(config: Config) -> int:
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def reload() -> None:
+        try:
+            tier.reload(load_config(path))
+        except ConfigError as exc:
+            log.error("config not reloaded, keeping the running one: %s", exc)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
     log.info("stopping: draining client sessions")
     await tier.stop()
@@ -76,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
     install_uvloop()
     try:
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(config, args.config))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

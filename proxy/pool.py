@@ -306,6 +306,9 @@ class PoolManager:
             self._closed(conn)
             return
         slots = self.servers[key.server]
+        if slots.open > slots.limit:  # the cap was lowered by a reload
+            self._close(conn)
+            return
         waiter = self._first_waiter(slots)
         if waiter is not None:
             if waiter.key == key:
@@ -401,6 +404,20 @@ class PoolManager:
                     self._close(conn)
                     closed += 1
         return closed
+
+    def reconfigure(self, config: PoolConfig) -> None:
+        """Apply a reloaded pool config. A lower cap is reached by closing idle connections
+        now and busy ones as they come back; the server never sees more than before."""
+        self.config = config
+        for slots in self.servers.values():
+            slots.limit = config.max_connections
+            excess = slots.open - slots.limit
+            for pool in self.pools.values():
+                while excess > 0 and pool.key.server == slots.config.name and pool.idle:
+                    self._close(pool.idle.pop(0))
+                    excess -= 1
+            while slots.used < slots.limit and self._first_waiter(slots) is not None:
+                self._wake_next(slots)  # a higher cap: waiters may open now
 
     def close_all(self) -> None:
         for pool in self.pools.values():

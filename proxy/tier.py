@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import resource
@@ -108,6 +109,32 @@ class Tier:
                 self.pools.expire_idle()
             except Exception:
                 log.exception("upkeep failed")
+
+    def reload(self, config: Config) -> list[str]:
+        """Apply a new config to the running tier; returns the sections that need a restart.
+
+        Users, pool and limits apply at once (existing sessions keep their login); the
+        listeners, the tier's role, its upstream servers and admin endpoints do not change
+        under running clients, so differences there are reported and left as they were."""
+        old = self.config
+        restart = [
+            name
+            for name in ("tier", "listen", "upstream", "admin")
+            if getattr(old, name) != getattr(config, name)
+        ]
+        self.config = dataclasses.replace(
+            old, users=config.users, pool=config.pool, limits=config.limits, log=config.log
+        )
+        self.users = UserDirectory(config.users)
+        self.pools.reconfigure(config.pool)
+        logging.getLogger().setLevel(config.log.level.upper())
+        if restart:
+            log.warning(
+                "config reloaded; %s changed and need a restart to apply", ", ".join(restart)
+            )
+        else:
+            log.info("config reloaded")
+        return restart
 
     def listen_addresses(self) -> list[str]:
         """Where the tier actually listens (ports resolved when the config said 0)."""

@@ -136,7 +136,7 @@ async def test_a_thousand_clients_share_the_capped_pool_without_errors(funnel, s
             conn.close()
 
     async def prepared(n: int) -> None:
-        """A client using server-side prepared statements (every fourth one)."""
+        """The same client's server-side prepared statements (aiomysql has none)."""
         try:
             conn = await AsyncRawClient.connect(
                 funnel.port, "app", small_db.users["app"].password, "app"
@@ -146,7 +146,7 @@ async def test_a_thousand_clients_share_the_capped_pool_without_errors(funnel, s
             return
         try:
             stmt = await conn.prepare(f"SELECT v + ? FROM {table} WHERE id = ?")
-            assert await conn.execute_int(stmt, 100, n - 1) == 101
+            assert await conn.execute_int(stmt, 100, n) == 101
             double = await conn.prepare("SELECT ? * 2")
             assert await conn.execute_int(double, n) == 2 * n
             await conn.close_statement(stmt)
@@ -157,8 +157,7 @@ async def test_a_thousand_clients_share_the_capped_pool_without_errors(funnel, s
 
     async def client(n: int) -> None:
         await one(n)
-        if n % 4 == 1:
-            await prepared(n)
+        await prepared(n)
 
     with ConnectionSampler(small_db) as sampler:
         await asyncio.gather(*(client(n) for n in range(clients)))
@@ -331,16 +330,25 @@ def test_named_locks_found_by_keyword_pin_the_client(small_db):
         b.close()
 
 
-def test_uncommitted_rows_stay_in_their_transaction(pair, small_db):
-    _, a, b = pair
-    table = f"u_{uuid.uuid4().hex[:8]}"
-    a.cursor().execute(f"CREATE TABLE {table} (id INT PRIMARY KEY)")
-    a.begin()
-    a.cursor().execute(f"INSERT INTO {table} VALUES (1)")
-    # b cannot even run while a's transaction holds the only connection; with a bigger pool
-    # it would run elsewhere and see nothing. Roll back and check nothing was committed.
-    a.rollback()
-    assert one_value(b, f"SELECT COUNT(*) FROM {table}") == 0
+def test_uncommitted_rows_stay_in_their_transaction(small_db):
+    config = tier_config(small_db, pool={"max_connections": 2, "acquire_timeout": "5s"})
+    with TierThread(config) as tier:
+        a, b = app(tier, small_db), app(tier, small_db)
+        table = f"u_{uuid.uuid4().hex[:8]}"
+        a.cursor().execute(f"CREATE TABLE {table} (id INT PRIMARY KEY)")
+        a.begin()
+        a.cursor().execute(f"INSERT INTO {table} VALUES (1)")
+        for _ in range(3):  # b runs beside a's open transaction, never inside it
+            assert one_value(b, f"SELECT COUNT(*) FROM {table}") == 0
+            assert one_value(b, "SELECT @@in_transaction") == 0
+        assert one_value(a, f"SELECT COUNT(*) FROM {table}") == 1
+        a.rollback()
+        a.begin()
+        a.cursor().execute(f"INSERT INTO {table} VALUES (2)")
+        a.commit()
+        assert one_value(b, f"SELECT id FROM {table}") == 2
+        a.close()
+        b.close()
 
 
 def test_reset_connection_unpins_and_starts_from_a_clean_session(small_db):
