@@ -42,6 +42,7 @@ from .session_state import (
     NEEDS_INSERT_ID,
     NEEDS_PREVIOUS,
     PIN_CHANGE_FAILED,
+    PIN_SET_OPTION,
     PIN_UNTRACKED,
     SessionState,
     diagnostic_query,
@@ -370,6 +371,10 @@ class ClientSession(asyncio.Protocol):
         elif command in _STATEMENT_COMMANDS:
             self._statement_command(raw, command, mode, msg)
             return
+        elif command == Command.SET_OPTION:
+            # Multi-statement mode belongs to the server connection: it must not follow the
+            # connection to clients that never asked for it.
+            self._pin(PIN_SET_OPTION)
         backend = self.backend
         if backend is None:
             previous = self._previous

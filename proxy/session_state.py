@@ -48,6 +48,7 @@ PIN_XA = "xa_transaction"
 PIN_HANDLER = "handler"
 PIN_UNTRACKED = "untracked_state"
 PIN_CHANGE_FAILED = "state_replay_failed"
+PIN_SET_OPTION = "set_option"
 
 _PATTERNS: list[tuple[str, bytes]] = [
     (PIN_USER_VARIABLE, rb"@[\w$`'\"]+\s*:=|\binto\s+@|\bset\s+@(?!@)"),

@@ -520,9 +520,14 @@ def test_row_count_survives_another_clients_statement_in_between(pair):
 
 def test_clients_without_session_tracking_get_ok_packets_as_from_the_server(pair, small_db):
     _, a, _ = pair
-    direct = pymysql.connect(host=small_db.primary.host, port=small_db.primary.port,
-                             user="app", password=small_db.users["app"].password,
-                             database="app", autocommit=True)
+    direct = pymysql.connect(
+        host=small_db.primary.host,
+        port=small_db.primary.port,
+        user="app",
+        password=small_db.users["app"].password,
+        database="app",
+        autocommit=True,
+    )
     table = f"ok_{uuid.uuid4().hex[:8]}"
     direct.cursor().execute(f"CREATE TABLE {table} (id INT PRIMARY KEY)")
     seen = []
@@ -537,3 +542,35 @@ def test_clients_without_session_tracking_get_ok_packets_as_from_the_server(pair
     assert seen[0] == seen[1]
     assert b"Records: 2" in seen[1][1][0]  # MariaDB length-encodes it; PyMySQL keeps the byte
     assert not seen[1][0][1] & 0x4000  # no SESSION_STATE_CHANGED for a client that cannot read it
+
+
+def test_multi_statement_mode_set_by_one_client_never_reaches_another(small_db):
+    """COM_SET_OPTION changes the server connection: it must not travel with it."""
+    from .rawclient import RawClient
+
+    config = tier_config(small_db, pool={"max_connections": 1, "acquire_timeout": "5s"})
+    with TierThread(config) as tier:
+        a = RawClient.connect(("127.0.0.1", tier.port), "app", small_db.users["app"].password)
+        a.set_option(0)  # MYSQL_OPTION_MULTI_STATEMENTS_ON
+        assert len(a.query("SELECT 1; SELECT 2")) == 2
+        done = threading.Event()
+        outcome: dict[str, object] = {}
+
+        def attempt() -> None:
+            b = app(tier, small_db)  # PyMySQL without CLIENT_MULTI_STATEMENTS
+            try:
+                with b.cursor() as cur:
+                    cur.execute("SELECT 1; SELECT 2")
+                outcome["result"] = "ran both"
+            except pymysql.err.MySQLError as exc:
+                outcome["result"] = exc.args[0]
+            b.close()
+            done.set()
+
+        t = threading.Thread(target=attempt)
+        t.start()
+        assert not done.wait(0.5)  # a is pinned to the only connection: b waits
+        a.close()
+        t.join(10)
+        assert outcome["result"] == 1064  # syntax error, as on a direct connection
+        assert tier.run(lambda: dict(tier.tier.pins)).get("set_option") == 1
