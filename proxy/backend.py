@@ -45,6 +45,10 @@ class RelaySink(Protocol):
     def resume_reading(self, reason: int) -> None: ...
 
 
+_SESSION_TRACK = int(Capability.SESSION_TRACK)
+_DEPRECATE_EOF = int(Capability.DEPRECATE_EOF)
+_CONNECT_WITH_DB = int(Capability.CONNECT_WITH_DB)
+
 PAUSE_UPSTREAM_FULL = 2
 """Pause reason: the upstream's write buffer is full (client reading must wait)."""
 
@@ -238,10 +242,9 @@ class ServerConnection(asyncio.Protocol):
         """Relay responses from now on to this client (the session's commands come via send)."""
         self._sink = sink
         self._client_transport = client_transport
-        self.scanner.deprecate_eof = bool(self.capabilities & Capability.DEPRECATE_EOF)
-        self.scanner.strip_state = bool(
-            self.capabilities & Capability.SESSION_TRACK
-            and not client_capabilities & Capability.SESSION_TRACK
+        # Plain ints: IntFlag operators allocate enum members, and this runs per command.
+        self.scanner.strip_state = bool(self.capabilities & _SESSION_TRACK) and not (
+            client_capabilities & _SESSION_TRACK
         )
 
     def detach(self) -> None:
@@ -340,9 +343,9 @@ class ServerConnection(asyncio.Protocol):
         self.greeting = greeting
         caps = capabilities.for_upstream(client_capabilities, greeting.capabilities)
         if database:
-            caps |= Capability.CONNECT_WITH_DB & greeting.capabilities
+            caps |= _CONNECT_WITH_DB & greeting.capabilities
         else:
-            caps &= ~Capability.CONNECT_WITH_DB
+            caps &= ~_CONNECT_WITH_DB
         self.capabilities = caps
         response = HandshakeResponse(
             caps,
@@ -355,6 +358,7 @@ class ServerConnection(asyncio.Protocol):
             dict(attributes or {}),
         )
         self.transport.write(frame(msg.seq + 1, response.payload()))  # type: ignore[union-attr]
+        self.scanner.deprecate_eof = bool(caps & _DEPRECATE_EOF)
         self.auth_ok = await self._finish_auth(credential)
 
     async def _finish_auth(self, credential: Credential) -> bytes:

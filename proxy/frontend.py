@@ -933,7 +933,7 @@ class ClientSession(asyncio.Protocol):
         self._reply_seq = msg.last_seq + 1
         response = HandshakeResponse.parse(msg.payload)
         self.user = response.user
-        self.capabilities = response.capabilities & offered
+        self.capabilities = int(response.capabilities) & offered
         token = await self._native_token(response.auth_plugin, response.auth_response)
         credential = tier.users.authenticate(response.user, self.scramble, token)
         if credential is None:

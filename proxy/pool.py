@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluice.pool")
 
-POOL_KEY_CAPABILITIES = (
+POOL_KEY_CAPABILITIES = int(
     C.FOUND_ROWS
     | C.LONG_FLAG
     | C.NO_SCHEMA

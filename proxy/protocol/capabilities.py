@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .constants import Capability as C
 
-SUPPORTED = (
+SUPPORTED = int(
     C.LONG_PASSWORD
     | C.FOUND_ROWS
     | C.LONG_FLAG
@@ -38,7 +38,7 @@ SUPPORTED = (
     | C.MARIADB_EXTENDED_TYPE_INFO
 )
 
-REQUIRED_UPSTREAM = (
+REQUIRED_UPSTREAM = int(
     C.PROTOCOL_41
     | C.SECURE_CONNECTION
     | C.PLUGIN_AUTH
@@ -54,14 +54,18 @@ EXTENDED = ~0xFFFFFFFF
 
 
 def offer(server_capabilities: int) -> int:
-    """Capabilities to advertise to clients: the upstream's, limited to what sluice relays."""
-    return server_capabilities & SUPPORTED
+    """Capabilities to advertise to clients: the upstream's, limited to what sluice relays.
+
+    Plain ints throughout: IntFlag arithmetic allocates enum members, and negotiated
+    capabilities are tested on the hot path."""
+    return int(server_capabilities) & SUPPORTED
 
 
 def for_upstream(client_capabilities: int, server_capabilities: int) -> int:
     """Capabilities for an upstream connection that relays this client's commands."""
-    caps = (client_capabilities & SUPPORTED | REQUIRED_UPSTREAM) & server_capabilities
-    caps |= C.PLUGIN_AUTH_LENENC_CLIENT_DATA & server_capabilities
+    server = int(server_capabilities)
+    caps = (int(client_capabilities) & SUPPORTED | REQUIRED_UPSTREAM) & server
+    caps |= C.PLUGIN_AUTH_LENENC_CLIENT_DATA.value & server
     if caps & EXTENDED:
-        caps &= ~C.LONG_PASSWORD  # MariaDB: a cleared CLIENT_MYSQL bit announces extended caps
+        caps &= ~C.LONG_PASSWORD.value  # MariaDB: a cleared CLIENT_MYSQL bit announces ext caps
     return caps
