@@ -80,7 +80,7 @@ class Waiter:
 class Pool:
     """Idle connections of one key (most recently used last) and counts for SHOW POOLS."""
 
-    __slots__ = ("active", "idle", "key", "max_wait", "waited")
+    __slots__ = ("active", "idle", "key", "max_wait", "opener", "waited", "warming")
 
     def __init__(self, key: PoolKey) -> None:
         self.key = key
@@ -88,6 +88,8 @@ class Pool:
         self.active = 0
         self.waited = 0
         self.max_wait = 0.0
+        self.opener: Opener | None = None  # the last client's, to keep min_idle ready
+        self.warming = 0
 
 
 class ServerSlots:
@@ -129,6 +131,7 @@ class PoolManager:
         self.pools: dict[PoolKey, Pool] = {}
         self.servers = {s.name: ServerSlots(s, config.max_connections) for s in servers}
         self.baselines: dict[PoolKey, dict[str, str]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # min_idle connections being opened
         """Per pool: login values of the variables a fresh connection does not take from the
         server's globals (the character set ones), to restore them without reconnecting."""
 
@@ -201,6 +204,7 @@ class PoolManager:
     ) -> ServerConnection:
         """A connection of `key`: idle, newly opened under the cap, or handed over in turn."""
         pool = self.pool(key)
+        pool.opener = opener
         slots = self.servers[key.server]
         reserved = False  # a waiter woken for a freed slot holds it (counted in `opening`)
         while True:
@@ -405,6 +409,36 @@ class PoolManager:
                     closed += 1
         return closed
 
+    def top_up(self) -> None:
+        """Open connections so that pools in use keep `min_idle` ready, within the cap and
+        never ahead of a waiting client (the janitor calls this)."""
+        want = self.config.min_idle
+        if not want:
+            return
+        loop = asyncio.get_running_loop()
+        for pool in self.pools.values():
+            slots = self.servers[pool.key.server]
+            while (
+                pool.opener is not None
+                and len(pool.idle) + pool.warming < want
+                and slots.used < slots.limit
+                and not slots.waiters
+            ):
+                pool.warming += 1
+                task = loop.create_task(self._prewarm(pool, slots))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _prewarm(self, pool: Pool, slots: ServerSlots) -> None:
+        try:
+            conn = await self._open(pool.key, slots, pool, pool.opener, reserved=False)  # type: ignore[arg-type]
+        except Exception as exc:
+            log.info("could not open a min_idle connection to %s: %s", pool.key.server, exc)
+            return
+        finally:
+            pool.warming -= 1
+        self.release(conn)
+
     def reconfigure(self, config: PoolConfig) -> None:
         """Apply a reloaded pool config. A lower cap is reached by closing idle connections
         now and busy ones as they come back; the server never sees more than before."""
@@ -420,6 +454,8 @@ class PoolManager:
                 self._wake_next(slots)  # a higher cap: waiters may open now
 
     def close_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         for pool in self.pools.values():
             for conn in pool.idle:
                 self._close(conn)

@@ -102,11 +102,13 @@ class Tier:
             log.warning("upstream not reachable yet: %s", exc)
 
     async def _upkeep(self) -> None:
-        """Periodic upkeep (PgBouncer's janitor): expire idle and too old connections."""
+        """Periodic upkeep (PgBouncer's janitor): expire idle and too old connections, keep
+        min_idle connections ready."""
         while True:
             await asyncio.sleep(1.0)
             try:
                 self.pools.expire_idle()
+                self.pools.top_up()
             except Exception:
                 log.exception("upkeep failed")
 

@@ -574,3 +574,20 @@ def test_multi_statement_mode_set_by_one_client_never_reaches_another(small_db):
         t.join(10)
         assert outcome["result"] == 1064  # syntax error, as on a direct connection
         assert tier.run(lambda: dict(tier.tier.pins)).get("set_option") == 1
+
+
+def test_min_idle_keeps_connections_ready_within_the_cap(small_db):
+    config = tier_config(small_db, pool={"max_connections": 4, "min_idle": 3,
+                                         "acquire_timeout": "5s"})
+    with TierThread(config) as tier:
+        conn = app(tier, small_db)  # the pool exists once a client has used it
+        one_value(conn, "SELECT 1")
+        deadline = time.monotonic() + 5
+        idle = lambda: sum(len(p.idle) for p in tier.tier.pools.pools.values())  # noqa: E731
+        while time.monotonic() < deadline and tier.run(idle) < 3:
+            time.sleep(0.1)
+        assert tier.run(idle) == 3
+        time.sleep(1.5)  # the janitor does not overshoot
+        assert tier.run(idle) == 3
+        assert tier.run(lambda: tier.tier.pools.servers["db1"].used) == 3
+        conn.close()
