@@ -25,6 +25,9 @@ from .protocol.constants import Capability
 from .tier import Tier
 from .users import Credential
 
+DATABASE_LIMIT = 64
+"""The sandbox database's max_connections: far below the app connections the demo opens."""
+
 CLIENT_CAPS = (
     Capability.LONG_PASSWORD
     | Capability.PROTOCOL_41
@@ -164,6 +167,8 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path) 
     print()
     print("sluice demo report")
     print(f"  app connections           {clients}")
+    print(f"  database limit            max_connections = {DATABASE_LIMIT}, "
+          f"sluice pool cap = {config.pool.max_connections}")
     print(f"  database connections max  {peak} (Threads_connected, incl. the demo's monitor)")
     print(
         f"  queries                   {tally.queries} in {elapsed:.1f} s "
