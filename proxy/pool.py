@@ -264,39 +264,47 @@ class PoolManager:
         return conn
 
     async def _wait(self, key: PoolKey, slots: ServerSlots, pool: Pool) -> ServerConnection | None:
-        """Queue for this server; returns a handed-over connection, or None for a reserved slot."""
+        """Queue for this server; returns a handed-over connection, or None for a reserved slot.
+
+        One future and one timer per waiter (no wait_for/shield wrappers: under a queue of
+        hundreds of clients this is the path most commands take)."""
         waiter = Waiter(key)
         slots.waiters.append(waiter)
         pool.waited += 1
         timeout = self.config.acquire_timeout
+        timer = asyncio.get_running_loop().call_later(timeout, self._expire, waiter, slots, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
-        except TimeoutError:
-            if waiter.future.done():
-                return waiter.future.result()  # served at the last moment
-            waiter.future.cancel()
-            raise AcquireTimeout(
-                errors.ErrorCode.CON_COUNT_ERROR,
-                f"no upstream connection to '{key.server}' for user '{key.user}' within "
-                f"{timeout:g}s: all {slots.limit} allowed connections are busy and "
-                f"{len(slots.waiters)} clients are waiting; retry, shorten transactions, or "
-                "raise pool.max_connections if the database allows",
-            ) from None
-        except BaseException:  # the client went away while waiting
-            if waiter.future.done() and not waiter.future.cancelled():
-                got = waiter.future.result()
+            return await waiter.future
+        except asyncio.CancelledError:  # the client went away while waiting
+            future = waiter.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                got = future.result()
                 if got is None:
-                    slots.opening -= 1
+                    slots.opening -= 1  # give back the slot reserved for us
                     self._wake_next(slots)
                 else:
                     self.release(got)
-            else:
-                waiter.future.cancel()
             raise
         finally:
+            timer.cancel()
             pool.max_wait = max(pool.max_wait, time.monotonic() - waiter.since)
             with contextlib.suppress(ValueError):
                 slots.waiters.remove(waiter)
+
+    @staticmethod
+    def _expire(waiter: Waiter, slots: ServerSlots, timeout: float) -> None:
+        if waiter.future.done():
+            return  # served just in time
+        key = waiter.key
+        waiter.future.set_exception(
+            AcquireTimeout(
+                errors.ErrorCode.CON_COUNT_ERROR,
+                f"no upstream connection to '{key.server}' for user '{key.user}' within "
+                f"{timeout:g}s: all {slots.limit} allowed connections are busy and "
+                f"{len(slots.waiters) - 1} other clients are waiting; retry, shorten "
+                "transactions, or raise pool.max_connections if the database allows",
+            )
+        )
 
     # --- releasing ----------------------------------------------------------------------------
 
