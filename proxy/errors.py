@@ -31,9 +31,17 @@ def access_denied(user: str, host: str, used_password: bool) -> ClientError:
     )
 
 
-def upstream_unreachable(server: str, address: str, reason: str) -> ClientError:
-    return ClientError(
-        ErrorCode.CONNECT_TO_FOREIGN_DATA_SOURCE,
+class UpstreamUnreachable(ClientError):
+    """No connection to an upstream server could be made (refused, timed out, broken)."""
+
+    def __init__(self, server: str, message: str) -> None:
+        super().__init__(ErrorCode.CONNECT_TO_FOREIGN_DATA_SOURCE, message)
+        self.server = server
+
+
+def upstream_unreachable(server: str, address: str, reason: str) -> UpstreamUnreachable:
+    return UpstreamUnreachable(
+        server,
         f"cannot connect to upstream '{server}' at {address} ({reason}); check that the "
         "server is up and reachable, then retry",
     )

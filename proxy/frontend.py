@@ -15,6 +15,7 @@ behind it stays buffered (bounded) until the response ends.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -671,7 +672,25 @@ class ClientSession(asyncio.Protocol):
         backend.state = self.session.copy()
 
     async def _acquire(self) -> ServerConnection:
-        """A pooled connection whose session state matches this client's."""
+        """A pooled connection whose session state matches this client's.
+
+        If the session's upstream refuses connections, a local tier moves the session to
+        another of its remote tiers (its state replays there like anywhere else)."""
+        upstream = self.tier.upstream
+        tried: set[str] = set()
+        while True:
+            try:
+                return await self._acquire_here()
+            except errors.UpstreamUnreachable as exc:
+                assert self.pool_key is not None
+                upstream.mark_down(exc.server)
+                tried.add(exc.server)
+                other = upstream.pick(exclude=tried)
+                if other is None:
+                    raise
+                self.pool_key = dataclasses.replace(self.pool_key, server=other.name)
+
+    async def _acquire_here(self) -> ServerConnection:
         pools = self.tier.pools
         assert self.pool_key is not None
         for _ in range(3):
@@ -955,8 +974,10 @@ class ClientSession(asyncio.Protocol):
         (a pooled connection is taken, brought in line and given back at once)."""
         self.credential = credential
         self.user = credential.user
+        home = self.tier.upstream.pick()
+        assert home is not None
         self.pool_key = PoolKey(
-            self.tier.upstream.current.name,
+            home.name,
             credential.user,
             self.capabilities & POOL_KEY_CAPABILITIES,
             self.charset,

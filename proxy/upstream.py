@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from . import errors
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from .users import Credential
 
 log = logging.getLogger("sluice.upstream")
+
+DOWN_FOR = 2.0
+"""Seconds a local tier skips an upstream that refused a connection."""
 
 POOL_ATTRIBUTES = {"program_name": "sluice", "_client_name": "sluice"}
 """Connect attributes of pooled connections (they serve many clients, so none of theirs)."""
@@ -49,6 +53,36 @@ class Upstream:
         self.current: ServerConfig = self.servers[0]
         self.greeting: Greeting | None = None
         self._probe_lock = asyncio.Lock()
+        self._down_until: dict[str, float] = {}
+        self._turn = 0
+
+    def server(self, name: str) -> ServerConfig:
+        for server in self.servers:
+            if server.name == name:
+                return server
+        raise KeyError(name)
+
+    def pick(self, exclude: frozenset[str] | set[str] = frozenset()) -> ServerConfig | None:
+        """The server for a new session's work, or None when every candidate is excluded.
+
+        A remote tier sends everything to its current database server. A local tier's
+        upstreams are interchangeable remote tiers: sessions are spread over them in turn,
+        skipping those that just refused a connection (unless all did)."""
+        if self.config.tier != "local":
+            return None if self.current.name in exclude else self.current
+        now = time.monotonic()
+        servers = [s for s in self.servers if s.name not in exclude]
+        up = [s for s in servers if self._down_until.get(s.name, 0.0) <= now] or servers
+        if not up:
+            return None
+        self._turn += 1
+        return up[self._turn % len(up)]
+
+    def mark_down(self, name: str) -> None:
+        """`name` refused a connection: route new work around it for a while."""
+        if self._down_until.get(name, 0.0) <= time.monotonic():
+            log.warning("upstream %s unreachable; routing around it for %gs", name, DOWN_FOR)
+        self._down_until[name] = time.monotonic() + DOWN_FOR
 
     @property
     def connect_timeout(self) -> float:
@@ -95,13 +129,15 @@ class Upstream:
         charset: int,
         max_packet: int,
         attributes: dict[str, str],
+        server: ServerConfig | None = None,
     ) -> ServerConnection:
-        """A logged-in connection to the current upstream, or errors.ClientError / UpstreamError.
+        """A logged-in connection to `server` (default: the current upstream), or
+        errors.ClientError / UpstreamError.
 
         UpstreamError carries the server's own ERR (e.g. unknown database) for the client;
         a refused login becomes a sluice error that says the two user lists disagree.
         """
-        server = self.current
+        server = server or self.current
         conn = await self._open(server)
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -142,6 +178,7 @@ class Upstream:
         baselines: dict[PoolKey, dict[str, str]],
     ) -> ServerConnection:
         """A new connection for a pool: logged in, reporting session state changes."""
+        server = self.server(key.server)
         conn = await self.connect(
             credential,
             client_capabilities,
@@ -149,6 +186,7 @@ class Upstream:
             charset=key.charset,
             max_packet=max_packet,
             attributes=POOL_ATTRIBUTES,
+            server=server,
         )
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -164,9 +202,7 @@ class Upstream:
                     }
         except (TimeoutError, ConnectionError, ProtocolError) as exc:
             conn.abort()
-            raise errors.upstream_unreachable(
-                self.current.name, conn.address, _reason(exc)
-            ) from exc
+            raise errors.upstream_unreachable(server.name, conn.address, _reason(exc)) from exc
         except BaseException:
             conn.abort()
             raise

@@ -84,6 +84,29 @@ class TierThread:
             self._thread.join(10)
             self.loop.close()
 
+    def crash(self) -> None:
+        """Die like a killed process: every socket closed at once, nothing drained."""
+
+        def die() -> None:
+            tier = self.tier
+            tier.accepting = False
+            for server in tier._servers:
+                server.close()
+            for session in list(tier.sessions.values()):
+                if session.backend is not None:
+                    session.backend.abort()
+                if session.transport is not None:
+                    session.transport.abort()
+            for pool in tier.pools.pools.values():
+                for conn in pool.idle:
+                    conn.abort()
+            if tier._janitor is not None:
+                tier._janitor.cancel()
+
+        self.run(die)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
     def __enter__(self) -> TierThread:
         return self.start()
 

@@ -108,7 +108,7 @@ def test_prepared_statements_pass_through_both_tiers(chain, small_db):  # noqa: 
             assert r.values == [(i + 1,)]
 
 
-async def test_hundreds_of_clients_on_two_hosts_stay_under_the_remote_cap(chain, small_db):  # noqa: F811
+async def test_a_thousand_clients_per_local_tier_stay_under_the_remote_cap(chain, small_db):  # noqa: F811
     remote, locals_ = chain
     errors: list[str] = []
 
@@ -135,9 +135,9 @@ async def test_hundreds_of_clients_on_two_hosts_stay_under_the_remote_cap(chain,
             errors.append(f"{n}: {exc!r}")
 
     with ConnectionSampler(small_db) as sampler:
-        await asyncio.gather(*(client(n) for n in range(400)))
+        await asyncio.gather(*(client(n) for n in range(2000)))  # 1000 per local tier
     assert errors == []
-    assert 0 < sampler.added <= REMOTE_CAP
+    assert 0 < sampler.added <= REMOTE_CAP  # database max_connections is 30
     for tier in locals_:
         assert tier.run(lambda t=tier: t.tier.pools.servers["remote1"].used) <= LOCAL_CAP
     assert remote.run(lambda: remote.tier.pools.servers["db1"].used) <= REMOTE_CAP
@@ -167,3 +167,64 @@ def test_a_transaction_keeps_one_path_through_both_tiers(chain, small_db):  # no
     assert first not in seen  # nobody else ran inside a's transaction
     a.commit()
     a.close()
+
+
+def test_local_tier_routes_around_a_dead_remote_tier(small_db):  # noqa: F811
+    """Clients between statements notice nothing; a transaction that lived on the dead
+    remote tier gets a clear error, and its client can reconnect at once."""
+    remotes = [
+        TierThread(tier_config(small_db, pool={"max_connections": 4})).start() for _ in range(2)
+    ]
+    local = TierThread(
+        parse_config(
+            {
+                "tier": "local",
+                "listen": ["127.0.0.1:0"],
+                "users": [{"name": "app", "password": small_db.users["app"].password}],
+                "upstream": {
+                    "servers": [
+                        {"name": f"remote{i}", "address": f"127.0.0.1:{r.port}"}
+                        for i, r in enumerate(remotes, start=1)
+                    ]
+                },
+                "pool": {"max_connections": 4, "acquire_timeout": "10s"},
+            },
+            allow_zero_port=True,
+        )
+    ).start()
+    crashed = False
+    try:
+        clients = [connect(local, small_db) for _ in range(10)]
+        homes = {
+            c: local.run(lambda c=c: local.tier.sessions[c.thread_id()].pool_key.server)
+            for c in clients
+        }
+        assert set(homes.values()) == {"remote1", "remote2"}  # spread over both
+        doomed = next(c for c in clients if homes[c] == "remote1")
+        survivor = next(c for c in clients if homes[c] == "remote2")
+        for c in (doomed, survivor):
+            c.begin()
+            value(c, "SELECT 1")
+        remotes[0].crash()
+        crashed = True
+        for c in clients:
+            if c in (doomed, survivor):
+                continue
+            for i in range(3):  # between statements when remote1 died: no error at all
+                assert value(c, "SELECT %s", (i,)) == i
+        assert value(survivor, "SELECT 'still in my transaction'") == "still in my transaction"
+        survivor.commit()
+        with pytest.raises(pymysql.err.OperationalError):
+            value(doomed, "SELECT 1")
+            doomed.commit()
+        again = connect(local, small_db)
+        assert value(again, "SELECT 'back'") == "back"
+        again.close()
+        for c in clients:
+            if c is not doomed:
+                c.close()
+    finally:
+        local.stop()
+        if not crashed:
+            remotes[0].stop()
+        remotes[1].stop()
