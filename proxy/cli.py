@@ -55,7 +55,7 @@ def install_uvloop() -> None:
 async def serve(config: Config, path: str) -> int:
     from .tier import Tier
 
-    tier = Tier(config)
+    tier = Tier(config, config_path=path)
     await tier.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -122,7 +122,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or "warning")
     install_uvloop()
-    return asyncio.run(run_demo(clients=args.clients, seconds=args.seconds, workdir=args.dir))
+    return asyncio.run(
+        run_demo(clients=args.clients, seconds=args.seconds, workdir=args.dir, hosts=args.hosts)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.set_defaults(func=cmd_sandbox)
 
     demo = sub.add_parser("demo", help="run the sluice story on this machine and report")
-    demo.add_argument("--clients", type=int, default=200, help="app connections to open")
+    demo.add_argument("--clients", type=int, default=1000, help="app connections to open")
+    demo.add_argument("--hosts", type=int, default=3, help="app hosts, one local tier each")
     demo.add_argument("--seconds", type=float, default=5.0, help="how long the load runs")
     demo.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

@@ -1,10 +1,12 @@
 """`sluice demo`: the story on one machine, with real parts, ending in a short report.
 
-A sandbox MariaDB cluster starts, a sluice tier starts in front of it, and a crowd of app
-connections writes and reads through sluice for a few seconds. Every acknowledged write is read
-back from the database at the end, so the report's "lost writes" is measured, not assumed.
-The app clients speak the MySQL protocol with sluice's own client code (no test-only drivers
-needed), over real sockets.
+A sandbox MariaDB cluster starts with a small connection limit, one remote tier starts in front
+of it, and several local tiers (one per pretend app host, on unix sockets) in front of that. A
+crowd of app connections, far more than the database allows, writes and reads through the
+local tiers for a few seconds. The report shows each tier's connection counts as sampled
+while the load ran, and every acknowledged write is read back from the database at the end,
+so "lost writes" is measured, not assumed. The app clients speak the MySQL protocol with
+sluice's own client code (no test-only drivers needed), over real sockets.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from . import sandbox
 from .backend import ServerConnection, UpstreamError, open_connection
-from .config import Address, parse_config
+from .config import Address, Config, parse_config
 from .protocol.auth import stage1
 from .protocol.constants import Capability
 from .tier import Tier
@@ -27,6 +29,8 @@ from .users import Credential
 
 DATABASE_LIMIT = 64
 """The sandbox database's max_connections: far below the app connections the demo opens."""
+REMOTE_CAP = 48
+LOCAL_POOL = 24
 
 CLIENT_CAPS = (
     Capability.LONG_PASSWORD
@@ -51,12 +55,22 @@ class Tally:
         self.errors[text] = self.errors.get(text, 0) + 1
 
 
+@dataclass
+class Peaks:
+    """Connection counts sampled while the load runs."""
+
+    database: int = 0
+    remote_to_db: int = 0
+    local_to_remote: list[int] = field(default_factory=list)
+    app_per_local: list[int] = field(default_factory=list)
+
+
 async def app_client(
     n: int, address: Address, credential: Credential, until: float, tally: Tally
 ) -> None:
     """One app connection: insert a row, read it back, repeat until `until`."""
     try:
-        conn = await open_connection("sluice", address, 10)
+        conn = await open_connection("sluice", address, 30)
         await conn.login(credential, CLIENT_CAPS, database="sluice_demo")
     except (OSError, TimeoutError, UpstreamError, ConnectionError) as exc:
         tally.error(f"connect: {exc}")
@@ -85,25 +99,41 @@ async def app_client(
         conn.close()
 
 
-async def sample_connections(monitor: ServerConnection, stop: asyncio.Event) -> int:
-    """Highest Threads_connected seen on the database while the load runs."""
-    peak = 0
+async def sample(
+    monitor: ServerConnection,
+    remote: Tier,
+    local: list[Tier],
+    peaks: Peaks,
+    stop: asyncio.Event,
+) -> None:
+    """Peak connection counts of every tier and of the database while the load runs."""
+    peaks.local_to_remote = [0] * len(local)
+    peaks.app_per_local = [0] * len(local)
     while not stop.is_set():
         result = await monitor.query("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
-        peak = max(peak, int(result.rows[0][1] or 0))
+        peaks.database = max(peaks.database, int(result.rows[0][1] or 0))
+        peaks.remote_to_db = max(peaks.remote_to_db, remote.pools.servers["db1"].used)
+        for i, tier in enumerate(local):
+            peaks.local_to_remote[i] = max(
+                peaks.local_to_remote[i], tier.pools.servers["remote1"].used
+            )
+            peaks.app_per_local[i] = max(peaks.app_per_local[i], len(tier.sessions))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.2)
-    return peak
+            await asyncio.wait_for(stop.wait(), 0.1)
 
 
-async def run_demo(clients: int = 200, seconds: float = 5.0, workdir: str | None = None) -> int:
+async def run_demo(
+    clients: int = 1000, seconds: float = 5.0, workdir: str | None = None, hosts: int = 3
+) -> int:
     own_dir = workdir is None
     base = Path(workdir or tempfile.mkdtemp(prefix="sluice-demo-", dir="/tmp"))
     base.mkdir(parents=True, exist_ok=True)
     print(f"sluice demo: starting a sandbox MariaDB cluster in {base}")
-    sb = await asyncio.to_thread(sandbox.up, base / "db", replicas=1, max_connections=clients + 50)
+    sb = await asyncio.to_thread(
+        sandbox.up, base / "db", replicas=1, max_connections=DATABASE_LIMIT
+    )
     try:
-        return await _story(sb, clients, seconds, base)
+        return await _story(sb, clients, seconds, base, hosts)
     finally:
         await asyncio.to_thread(sandbox.down, base / "db")
         if own_dir:
@@ -111,7 +141,22 @@ async def run_demo(clients: int = 200, seconds: float = 5.0, workdir: str | None
         print("sluice demo: sandbox stopped")
 
 
-async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path) -> int:
+def _config(tier: str, listen: list[str], servers: list[dict], cap: int, sb) -> Config:
+    app = sb.users["app"]
+    return parse_config(
+        {
+            "tier": tier,
+            "listen": listen,
+            "users": [{"name": app.name, "password": app.password}],
+            "upstream": {"servers": servers},
+            "pool": {"max_connections": cap, "acquire_timeout": "30s"},
+            "log": {"level": "warning"},
+        },
+        allow_zero_port=True,
+    )
+
+
+async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, hosts: int) -> int:
     app = sb.users["app"]
     root = sb.users["root"]
     primary = sb.primary
@@ -121,28 +166,43 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path) 
         "CREATE TABLE IF NOT EXISTS sluice_demo.events (id BIGINT PRIMARY KEY, "
         "client INT, payload VARCHAR(255)) ENGINE=InnoDB",
     )
-    config = parse_config(
-        {
-            "tier": "remote",
-            "listen": ["127.0.0.1:0", f"unix:{base}/sluice.sock"],
-            "users": [{"name": app.name, "password": app.password}],
-            "upstream": {
-                "servers": [{"name": s.name, "address": f"{s.host}:{s.port}"} for s in sb.servers]
-            },
-        },
-        allow_zero_port=True,
-    )
-    tier = Tier(config)
-    await tier.start()
-    address = tier.bound_address(0)
-    print(f"sluice demo: remote tier listening on {', '.join(tier.listen_addresses())}")
-
     monitor = await open_connection("db1", Address("tcp", primary.host, primary.port), 10)
     await monitor.login(Credential(root.name, stage1(root.password)), CLIENT_CAPS)
-    stop = asyncio.Event()
-    sampler = asyncio.create_task(sample_connections(monitor, stop))
+    limit = int((await monitor.query("SELECT @@max_connections")).rows[0][0] or 0)
 
-    credential = tier.users.credential(app.name)
+    remote = Tier(
+        _config(
+            "remote",
+            ["127.0.0.1:0"],
+            [{"name": s.name, "address": f"{s.host}:{s.port}"} for s in sb.servers],
+            REMOTE_CAP,
+            sb,
+        )
+    )
+    await remote.start()
+    remote_address = remote.listen_addresses()[0]
+    local: list[Tier] = []
+    for host in range(1, hosts + 1):
+        tier = Tier(
+            _config(
+                "local",
+                [f"unix:{base}/app-host-{host}.sock"],
+                [{"name": "remote1", "address": remote_address}],
+                LOCAL_POOL,
+                sb,
+            )
+        )
+        await tier.start()
+        local.append(tier)
+    print(
+        f"sluice demo: database max_connections={limit}; remote tier on {remote_address} "
+        f"(cap {REMOTE_CAP}); {hosts} local tiers on unix sockets (pool {LOCAL_POOL} each)"
+    )
+
+    stop = asyncio.Event()
+    peaks = Peaks()
+    sampler = asyncio.create_task(sample(monitor, remote, local, peaks, stop))
+    credential = local[0].users.credential(app.name)
     assert credential is not None
     tally = Tally()
     print(f"sluice demo: {clients} app connections write and read for {seconds:.0f} s")
@@ -150,12 +210,17 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path) 
     started = loop.time()
     until = started + seconds
     await asyncio.gather(
-        *(app_client(n, address, credential, until, tally) for n in range(1, clients + 1))
+        *(
+            app_client(n, local[n % hosts].bound_address(0), credential, until, tally)
+            for n in range(1, clients + 1)
+        )
     )
     elapsed = loop.time() - started
     stop.set()
-    peak = await sampler
-    await tier.stop()
+    await sampler
+    for tier in local:
+        await tier.stop()
+    await remote.stop()
 
     stored = await monitor.query("SELECT id FROM sluice_demo.events")
     present = {int(row[0]) for row in stored.rows}
@@ -166,22 +231,32 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path) 
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     print()
     print("sluice demo report")
-    print(f"  app connections           {clients}")
-    print(f"  database limit            max_connections = {DATABASE_LIMIT}, "
-          f"sluice pool cap = {config.pool.max_connections}")
-    print(f"  database connections max  {peak} (Threads_connected, incl. the demo's monitor)")
+    print(f"  app connections            {clients} over {hosts} app hosts")
+    for i in range(hosts):
+        print(
+            f"    local tier {i + 1}              {peaks.app_per_local[i]} app connections -> "
+            f"{peaks.local_to_remote[i]} to the remote tier (pool {LOCAL_POOL})"
+        )
     print(
-        f"  queries                   {tally.queries} in {elapsed:.1f} s "
+        f"  remote tier                {sum(peaks.local_to_remote)} from local tiers (max) -> "
+        f"{peaks.remote_to_db} to the database (cap {REMOTE_CAP})"
+    )
+    print(
+        f"  database connections max   {peaks.database} of max_connections {limit} "
+        "(Threads_connected, incl. the demo's monitor)"
+    )
+    print(
+        f"  queries                    {tally.queries} in {elapsed:.1f} s "
         f"({tally.queries / elapsed:.0f} QPS)"
     )
     print(
-        f"  write+read latency        p50 {statistics.median(lat) * 1000:.1f} ms, "
+        f"  write+read latency         p50 {statistics.median(lat) * 1000:.1f} ms, "
         f"p99 {p99 * 1000:.1f} ms"
     )
-    print(f"  client errors             {sum(tally.errors.values())}")
+    print(f"  client errors              {sum(tally.errors.values())}")
     for text, count in sorted(tally.errors.items(), key=lambda kv: -kv[1])[:5]:
         print(f"    {count}x {text}")
-    print(f"  acknowledged writes       {len(tally.acknowledged)}, lost {len(lost)}")
-    ok = not tally.errors and not lost and tally.queries > 0
-    print(f"  result                    {'OK' if ok else 'PROBLEMS (see above)'}")
+    print(f"  acknowledged writes        {len(tally.acknowledged)}, lost {len(lost)}")
+    ok = not tally.errors and not lost and tally.queries > 0 and peaks.database <= limit
+    print(f"  result                     {'OK' if ok else 'PROBLEMS (see above)'}")
     return 0 if ok else 1

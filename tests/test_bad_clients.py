@@ -23,9 +23,7 @@ LIMIT = 1 << 20
 
 @pytest.fixture(scope="module")
 def strict_tier(sandbox):
-    config = tier_config(
-        sandbox, limits={"max_packet_size": "1MiB", "handshake_timeout": "1s"}
-    )
+    config = tier_config(sandbox, limits={"max_packet_size": "1MiB", "handshake_timeout": "1s"})
     with TierThread(config) as running:
         yield running
 
@@ -49,11 +47,22 @@ def read_message(sock: socket.socket, reader: MessageReader):
 def login(port: int, password: str) -> tuple[socket.socket, MessageReader]:
     sock, reader = raw_connect(port)
     greeting = Greeting.parse(read_message(sock, reader).payload)
-    caps = (Capability.PROTOCOL_41 | Capability.SECURE_CONNECTION | Capability.PLUGIN_AUTH
-            | Capability.LONG_PASSWORD | Capability.TRANSACTIONS)
-    response = HandshakeResponse(caps, 1 << 24, 45, "app",
-                                 native_token(stage1(password), greeting.scramble),
-                                 None, "mysql_native_password")
+    caps = (
+        Capability.PROTOCOL_41
+        | Capability.SECURE_CONNECTION
+        | Capability.PLUGIN_AUTH
+        | Capability.LONG_PASSWORD
+        | Capability.TRANSACTIONS
+    )
+    response = HandshakeResponse(
+        caps,
+        1 << 24,
+        45,
+        "app",
+        native_token(stage1(password), greeting.scramble),
+        None,
+        "mysql_native_password",
+    )
     sock.sendall(frame(1, response.payload()))
     assert read_message(sock, reader).payload[0] == 0x00
     return sock, reader
@@ -67,8 +76,9 @@ def assert_closed(sock: socket.socket, reader: MessageReader) -> None:
 
 
 def still_serves(tier: TierThread, sandbox) -> None:
-    conn = pymysql.connect(host="127.0.0.1", port=tier.port, user="app",
-                           password=sandbox.users["app"].password)
+    conn = pymysql.connect(
+        host="127.0.0.1", port=tier.port, user="app", password=sandbox.users["app"].password
+    )
     with conn.cursor() as cur:
         cur.execute("SELECT 42")
         assert cur.fetchone() == (42,)
@@ -120,10 +130,12 @@ def test_client_that_connects_and_says_nothing_is_dropped_after_the_timeout(stri
     assert_closed(sock, reader)
 
 
-def test_command_with_a_wrong_sequence_id_disconnects_that_client_only(strict_tier, sandbox,
-                                                                        caplog):
-    other = pymysql.connect(host="127.0.0.1", port=strict_tier.port, user="app",
-                            password=sandbox.users["app"].password)
+def test_command_with_a_wrong_sequence_id_disconnects_that_client_only(
+    strict_tier, sandbox, caplog
+):
+    other = pymysql.connect(
+        host="127.0.0.1", port=strict_tier.port, user="app", password=sandbox.users["app"].password
+    )
     sock, reader = login(strict_tier.port, sandbox.users["app"].password)
     sock.sendall(frame(5, b"\x03SELECT 1"))
     assert_closed(sock, reader)
@@ -135,8 +147,13 @@ def test_command_with_a_wrong_sequence_id_disconnects_that_client_only(strict_ti
 
 
 def test_oversized_statement_gets_error_1153_and_others_carry_on(strict_tier, sandbox, caplog):
-    conn = pymysql.connect(host="127.0.0.1", port=strict_tier.port, user="app",
-                           password=sandbox.users["app"].password, max_allowed_packet=64 << 20)
+    conn = pymysql.connect(
+        host="127.0.0.1",
+        port=strict_tier.port,
+        user="app",
+        password=sandbox.users["app"].password,
+        max_allowed_packet=64 << 20,
+    )
     with pytest.raises(pymysql.err.OperationalError) as info, conn.cursor() as cur:
         cur.execute("SELECT %s", ("x" * (2 * LIMIT),))
     assert info.value.args[0] == 1153
@@ -166,3 +183,31 @@ def test_client_vanishing_mid_packet_leaves_nothing_behind(strict_tier, sandbox,
         time.sleep(0.05)
     assert strict_tier.run(lambda: len(strict_tier.tier.sessions)) == 0
     still_serves(strict_tier, sandbox)
+
+
+def test_client_beyond_max_clients_gets_1040_not_a_reset(sandbox):
+    config = tier_config(sandbox, limits={"max_clients": 3})
+    with TierThread(config) as tier:
+        kept = [
+            pymysql.connect(
+                host="127.0.0.1", port=tier.port, user="app", password=sandbox.users["app"].password
+            )
+            for _ in range(3)
+        ]
+        with pytest.raises(pymysql.err.OperationalError) as info:
+            pymysql.connect(
+                host="127.0.0.1", port=tier.port, user="app", password=sandbox.users["app"].password
+            )
+        code, message = info.value.args
+        assert code == 1040
+        assert message.startswith("sluice: too many client connections (limits.max_clients = 3)")
+        kept.pop().close()
+        deadline = time.monotonic() + 5
+        while tier.run(lambda: len(tier.tier.sessions)) > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        again = pymysql.connect(
+            host="127.0.0.1", port=tier.port, user="app", password=sandbox.users["app"].password
+        )  # room again
+        again.close()
+        for conn in kept:
+            conn.close()
