@@ -15,12 +15,16 @@ import os
 import resource
 import socket
 import stat
+from typing import TYPE_CHECKING
 
 from .config import Address, Config
 from .frontend import BUSY, INFILE, ClientSession
 from .pool import PoolManager
 from .upstream import Upstream
 from .users import UserDirectory
+
+if TYPE_CHECKING:
+    from .admin import AdminServers
 
 log = logging.getLogger("sluice.tier")
 
@@ -33,8 +37,9 @@ client may see from CONNECTION_ID(), so KILL can tell the two apart."""
 class Tier:
     """Everything one `sluice run` serves."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # what the admin RELOAD command re-reads, if known
         self.users = UserDirectory(config.users)
         self.upstream = Upstream(config)
         self.pools = PoolManager(config.pool, config.upstream.servers)
@@ -46,6 +51,7 @@ class Tier:
         self._servers: list[asyncio.Server] = []
         self._next_id = FIRST_SESSION_ID - 1
         self._unix_paths: list[str] = []
+        self.admin: AdminServers | None = None
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -95,11 +101,27 @@ class Tier:
             self._servers.append(server)
         self._janitor = loop.create_task(self._upkeep())
         log.info("%s tier listening on %s", self.config.tier, ", ".join(self.listen_addresses()))
+        await self._start_admin()
         try:
             greeting = await self.upstream.server_greeting()
             log.info("upstream %s is %s", self.upstream.current.name, greeting.server_version)
         except Exception as exc:  # not fatal: clients get a clear error until it is reachable
             log.warning("upstream not reachable yet: %s", exc)
+
+    async def _start_admin(self) -> None:
+        """The admin SQL port and HTTP endpoints, when the config asks for them."""
+        if self.config.admin.mysql is None and self.config.admin.http is None:
+            return
+        from .admin import AdminServers
+
+        admin = AdminServers(self)
+        await admin.start()
+        self.admin = admin
+        log.info("admin on %s", ", ".join(f"{k} {v}" for k, v in admin.addresses().items()))
+
+    def admin_addresses(self) -> dict[str, str]:
+        """Where the admin endpoints listen, by kind ("mysql", "http"); empty when off."""
+        return self.admin.addresses() if self.admin is not None else {}
 
     async def _upkeep(self) -> None:
         """Periodic upkeep (PgBouncer's janitor): expire idle and too old connections, keep
@@ -185,6 +207,9 @@ class Tier:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         self._servers.clear()
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
         log.info("tier stopped")
 
 

@@ -1,0 +1,248 @@
+"""The admin SQL port on `admin.mysql`: any MySQL client can ask a tier what it is doing.
+
+Built on mysql-mimic (handshake, auth, result sets), but the admin commands never reach its
+SQL parser: sqlglot would read `SHOW POOLS` or `KILL CLIENT 5` as something else, so the raw
+statement text is matched here first. The few statements drivers send on their own at connect
+(`SET autocommit=…`, `SELECT @@version_comment`) are left to mysql-mimic; anything else is an
+error that lists the commands there are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mysql_mimic import (
+    AllowedResult,
+    ColumnType,
+    IdentityProvider,
+    MysqlServer,
+    NativePasswordAuthPlugin,
+    NoLoginAuthPlugin,
+    ResultColumn,
+    Session,
+    User,
+)
+from mysql_mimic.errors import ErrorCode, MysqlError
+
+from ..config import ConfigError, load_config
+from . import views
+
+if TYPE_CHECKING:
+    from mysql_mimic.connection import Connection
+    from sqlglot import expressions as exp
+
+    from ..config import Address
+    from ..tier import Tier
+
+log = logging.getLogger("sluice.admin.sql")
+
+COMMANDS = (
+    "SHOW POOLS",
+    "SHOW CLIENTS",
+    "SHOW SERVERS",
+    "SHOW CONFIG",
+    "KILL CLIENT <id>",
+    "RELOAD",
+)
+ER_NO_SUCH_THREAD = 1094
+ER_UNKNOWN_ERROR = 1105
+
+_COMMAND_RE = re.compile(
+    r"\s*(?:SHOW\s+(?P<show>POOLS|CLIENTS|SERVERS|CONFIG)|KILL\s+CLIENT\s+(?P<kill>\d+)"
+    r"|(?P<reload>RELOAD))\s*;?\s*",
+    re.IGNORECASE,
+)
+_DRIVER_SETUP_RE = re.compile(r"\s*(?:SET|SELECT)\b", re.IGNORECASE)
+"""Statements drivers send by themselves after connecting; mysql-mimic answers them."""
+
+_INT = ColumnType.LONGLONG
+_TEXT = ColumnType.VARCHAR
+
+
+def _columns(*spec: tuple[str, ColumnType]) -> list[ResultColumn]:
+    return [ResultColumn(name, kind) for name, kind in spec]
+
+
+POOL_COLUMNS = _columns(
+    ("server", _TEXT),
+    ("user", _TEXT),
+    ("active", _INT),
+    ("idle", _INT),
+    ("waiting", _INT),
+    ("max_wait_ms", _INT),
+    ("cap", _INT),
+)
+CLIENT_COLUMNS = _columns(
+    ("id", _INT),
+    ("user", _TEXT),
+    ("address", _TEXT),
+    ("state", _TEXT),
+    ("pinned_reason", _TEXT),
+    ("upstream", _TEXT),
+)
+SERVER_COLUMNS = _columns(
+    ("name", _TEXT), ("address", _TEXT), ("role", _TEXT), ("open", _INT), ("limit", _INT)
+)
+CONFIG_COLUMNS = _columns(("key", _TEXT), ("value", _TEXT))
+RELOAD_COLUMNS = _columns(("reloaded", _TEXT), ("needs_restart", _TEXT))
+
+
+def unknown_command(sql: str) -> MysqlError:
+    shown = " ".join(sql.split())
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return MysqlError(
+        f"sluice: unknown admin command '{shown}'; the admin port answers " + ", ".join(COMMANDS),
+        ErrorCode.PARSE_ERROR,
+    )
+
+
+class AdminIdentity(IdentityProvider):
+    """One account, `admin.user` with `admin.password`, logging in with mysql_native_password.
+
+    Any other user name gets the no-login plugin, so it is refused with "access denied" exactly
+    like a wrong password (without telling which of the two was wrong)."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user = user
+        self.auth_string = NativePasswordAuthPlugin.create_auth_string(password)
+
+    def get_plugins(self) -> Sequence[NativePasswordAuthPlugin | NoLoginAuthPlugin]:
+        return [NativePasswordAuthPlugin(), NoLoginAuthPlugin()]
+
+    async def get_user(self, username: str) -> User | None:
+        if username == self.user:
+            return User(
+                name=username,
+                auth_string=self.auth_string,
+                auth_plugin=NativePasswordAuthPlugin.name,
+            )
+        return User(name=username, auth_plugin=NoLoginAuthPlugin.name)
+
+
+class AdminSession(Session):
+    """One admin client: admin commands by their raw text, nothing else."""
+
+    def __init__(self, tier: Tier, open_sessions: set[AdminSession]) -> None:
+        super().__init__()
+        self.tier = tier
+        self._open_sessions = open_sessions
+        self._handlers: dict[str, Callable[[re.Match[str]], Awaitable[AllowedResult]]] = {
+            "show": self._show,
+            "kill": self._kill_client,
+            "reload": self._reload,
+        }
+
+    async def init(self, connection: Connection) -> None:
+        await super().init(connection)
+        self._open_sessions.add(self)
+
+    async def close(self) -> None:
+        self._open_sessions.discard(self)
+        await super().close()
+
+    async def handle_query(self, sql: str, attrs: dict[str, str]) -> AllowedResult:
+        match = _COMMAND_RE.fullmatch(sql)
+        if match is not None:
+            return await self._handlers[str(match.lastgroup)](match)
+        if _DRIVER_SETUP_RE.match(sql):
+            return await super().handle_query(sql, attrs)
+        raise unknown_command(sql)
+
+    async def query(self, expression: exp.Expression, sql: str, attrs: dict[str, str]) -> Any:
+        """What mysql-mimic's own handling of SET/SELECT did not answer (e.g. a table)."""
+        raise unknown_command(sql)
+
+    # --- commands ---------------------------------------------------------------------------
+
+    async def _show(self, match: re.Match[str]) -> AllowedResult:
+        what = match["show"].upper()
+        tier = self.tier
+        if what == "POOLS":
+            rows: list[tuple[object, ...]] = [
+                (r.server, r.user, r.active, r.idle, r.waiting, r.max_wait_ms, r.cap)
+                for r in views.pool_rows(tier)
+            ]
+            return rows, POOL_COLUMNS
+        if what == "CLIENTS":
+            rows = [
+                (r.id, r.user, r.address, r.state, r.pinned_reason, r.upstream)
+                for r in views.client_rows(tier)
+            ]
+            return rows, CLIENT_COLUMNS
+        if what == "SERVERS":
+            rows = [(r.name, r.address, r.role, r.open, r.limit) for r in views.server_rows(tier)]
+            return rows, SERVER_COLUMNS
+        return list(views.config_rows(tier)), CONFIG_COLUMNS
+
+    async def _kill_client(self, match: re.Match[str]) -> AllowedResult:
+        client_id = int(match["kill"])
+        session = self.tier.sessions.get(client_id)
+        if session is None:
+            raise MysqlError(
+                f"sluice: no client session {client_id}; SHOW CLIENTS lists the ids",
+                ER_NO_SUCH_THREAD,  # type: ignore[arg-type]
+            )
+        log.info("admin: closing client session %d (%s@%s)", client_id, session.user, session.peer)
+        session.close()
+        return None
+
+    async def _reload(self, match: re.Match[str]) -> AllowedResult:
+        path = self.tier.config_path
+        if path is None:
+            raise MysqlError(
+                "sluice: RELOAD re-reads the config file, but this tier was started from an "
+                "in-memory config; restart it with a config file (sluice run -c FILE)",
+                ER_UNKNOWN_ERROR,  # type: ignore[arg-type]
+            )
+        running = self.tier.config
+        # A tier started with port 0 somewhere (tests) must be able to read the same file again.
+        zero_port = any(
+            a is not None and a.kind == "tcp" and a.port == 0
+            for a in (*running.listen, running.admin.mysql, running.admin.http)
+        )
+        try:
+            config = load_config(path, allow_zero_port=zero_port)
+        except ConfigError as exc:
+            raise MysqlError(
+                f"sluice: config not reloaded, the running one stays: {exc}",
+                ER_UNKNOWN_ERROR,  # type: ignore[arg-type]
+            ) from None
+        restart = self.tier.reload(config)
+        return [("yes", ", ".join(restart))], RELOAD_COLUMNS
+
+
+class SqlAdmin:
+    """The admin SQL server of one tier, on the tier's own event loop."""
+
+    def __init__(self, tier: Tier) -> None:
+        admin = tier.config.admin
+        if admin.password is None:  # config validation already insists on it
+            raise ValueError("admin.password is required for the admin SQL port")
+        self.sessions: set[AdminSession] = set()
+        self.server = MysqlServer(
+            session_factory=lambda: AdminSession(tier, self.sessions),
+            identity_provider=AdminIdentity(admin.user, admin.password),
+        )
+
+    async def start(self, address: Address) -> None:
+        if address.kind == "unix":
+            await self.server.start_unix_server(path=address.path)
+        else:
+            await self.server.start_server(host=address.host, port=address.port, reuse_address=True)
+
+    def sockets(self) -> Sequence[Any]:
+        return self.server.sockets()
+
+    async def stop(self) -> None:
+        self.server.close()
+        for session in list(self.sessions):  # admin clients still connected
+            with contextlib.suppress(Exception):
+                session.connection.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.server.wait_closed(), 1.0)

@@ -1,0 +1,161 @@
+"""What the admin port, /status and /metrics report, read from a tier's state in one place.
+
+Everything here runs on the tier's event loop at the moment someone asks (a SHOW command, a
+scrape), so the data path never pays for observability: the numbers are the live objects' own
+(pools, server slots, sessions), not counters kept alongside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..config import config_to_dict
+from ..frontend import CLOSED, STATE_NAMES
+
+if TYPE_CHECKING:
+    from ..tier import Tier
+
+LIVE_STATES = tuple(name for i, name in enumerate(STATE_NAMES) if i != CLOSED)
+"""Client session states worth reporting (a closed session leaves tier.sessions at once)."""
+
+ROLE_UNKNOWN = "unknown"
+"""Writer discovery (issue 5) is not there yet: sluice does not know which server is primary."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRow:
+    """One (server, user) pool; pools that differ only in capability flags or charset add up."""
+
+    server: str
+    user: str
+    active: int
+    idle: int
+    waiting: int
+    max_wait_ms: int
+    cap: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRow:
+    id: int
+    user: str
+    address: str
+    state: str
+    pinned_reason: str
+    upstream: str  # "server:thread_id" while the session holds a connection, else ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRow:
+    name: str
+    address: str
+    role: str
+    open: int
+    opening: int
+    limit: int
+    waiters: int
+
+
+def pool_rows(tier: Tier) -> list[PoolRow]:
+    totals: dict[tuple[str, str], list[float]] = {}
+    for key, pool in tier.pools.pools.items():
+        row = totals.setdefault((key.server, key.user), [0, 0, 0, 0.0])
+        row[0] += pool.active
+        row[1] += len(pool.idle)
+        row[3] = max(row[3], pool.max_wait)
+    for slots in tier.pools.servers.values():
+        for waiter in slots.waiters:
+            if waiter.future.done():
+                continue  # served or gave up; about to leave the queue
+            row = totals.setdefault((waiter.key.server, waiter.key.user), [0, 0, 0, 0.0])
+            row[2] += 1
+    out = []
+    for (server, user), (active, idle, waiting, max_wait) in sorted(totals.items()):
+        slots = tier.pools.servers.get(server)
+        out.append(
+            PoolRow(
+                server=server,
+                user=user,
+                active=int(active),
+                idle=int(idle),
+                waiting=int(waiting),
+                max_wait_ms=round(max_wait * 1000),
+                cap=slots.limit if slots is not None else 0,
+            )
+        )
+    return out
+
+
+def client_rows(tier: Tier) -> list[ClientRow]:
+    out = []
+    for session in list(tier.sessions.values()):
+        backend = session.backend
+        upstream = f"{backend.server_name}:{backend.thread_id}" if backend is not None else ""
+        out.append(
+            ClientRow(
+                id=session.id,
+                user=session.user,
+                address=session.peer,
+                state=STATE_NAMES[session.state],
+                pinned_reason=session.pinned or "",
+                upstream=upstream,
+            )
+        )
+    return out
+
+
+def server_rows(tier: Tier) -> list[ServerRow]:
+    out = []
+    for server in tier.config.upstream.servers:
+        slots = tier.pools.servers.get(server.name)
+        out.append(
+            ServerRow(
+                name=server.name,
+                address=str(server.address),
+                role=ROLE_UNKNOWN,
+                open=slots.open if slots else 0,
+                opening=slots.opening if slots else 0,
+                limit=slots.limit if slots else 0,
+                waiters=sum(not w.future.done() for w in slots.waiters) if slots else 0,
+            )
+        )
+    return out
+
+
+def sessions_by_state(tier: Tier) -> dict[str, int]:
+    counts = dict.fromkeys(LIVE_STATES, 0)
+    for session in list(tier.sessions.values()):
+        name = STATE_NAMES[session.state]
+        if name in counts:
+            counts[name] += 1
+    return counts
+
+
+def pinned_by_reason(tier: Tier) -> dict[str, int]:
+    """Sessions pinned right now, by reason (tier.pins counts every pin since start)."""
+    counts: dict[str, int] = {}
+    for session in list(tier.sessions.values()):
+        if session.pinned:
+            counts[session.pinned] = counts.get(session.pinned, 0) + 1
+    return counts
+
+
+def config_rows(tier: Tier) -> list[tuple[str, str]]:
+    """The running config, secrets redacted, as (key path, value) pairs."""
+    rows: list[tuple[str, str]] = []
+    _flatten(config_to_dict(tier.config, redact=True), "", rows)
+    return rows
+
+
+def _flatten(value: object, path: str, out: list[tuple[str, str]]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(item, f"{path}.{key}" if path else str(key), out)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _flatten(item, f"{path}[{i}]", out)
+    elif isinstance(value, float) and value.is_integer():
+        out.append((path, str(int(value))))
+    else:
+        out.append((path, str(value)))
