@@ -272,6 +272,15 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PauseConfig:
+    """The write pause (PAUSE, switchover): how long it may last and what it may hold."""
+
+    drain_timeout: float = 5.0  # open transactions may finish this long; then they are killed
+    max_pause: float = 30.0  # a pause longer than this ends by itself, with a warning
+    max_queued: int = 10000  # statements waiting for RESUME; more get an error at once
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """Logging level and output format."""
 
@@ -291,6 +300,7 @@ class Config:
     pool: PoolConfig = PoolConfig()
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
+    pause: PauseConfig = PauseConfig()
 
     def user(self, name: str) -> UserConfig | None:
         """The client account called ``name`` (case-sensitive, as in MySQL), if any."""
@@ -615,6 +625,18 @@ def _parse_limits(value: object) -> LimitsConfig:
     )
 
 
+def _parse_pause(value: object) -> PauseConfig:
+    section = _section(value, "pause", ("drain_timeout", "max_pause", "max_queued"))
+    d = PauseConfig()
+    return PauseConfig(
+        drain_timeout=_timeout(
+            section.get("drain_timeout", d.drain_timeout), "pause.drain_timeout", positive=False
+        ),
+        max_pause=_timeout(section.get("max_pause", d.max_pause), "pause.max_pause", positive=True),
+        max_queued=_integer(section.get("max_queued", d.max_queued), "pause.max_queued", minimum=0),
+    )
+
+
 def _parse_log(value: object) -> LogConfig:
     section = _section(value, "log", ("format", "level"))
     d = LogConfig()
@@ -626,7 +648,7 @@ def _parse_log(value: object) -> LogConfig:
     )
 
 
-_TOP_LEVEL = ("admin", "limits", "listen", "log", "pool", "tier", "upstream", "users")
+_TOP_LEVEL = ("admin", "limits", "listen", "log", "pause", "pool", "tier", "upstream", "users")
 
 
 def parse_config(
@@ -666,6 +688,7 @@ def _parse_config(data: object, allow_zero_port: bool) -> Config:
         pool=_parse_pool(section.get("pool", {})),
         limits=_parse_limits(section.get("limits", {})),
         log=_parse_log(section.get("log", {})),
+        pause=_parse_pause(section.get("pause", {})),
     )
 
 
@@ -793,4 +816,9 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
             "max_packet_size": limits.max_packet_size,
         },
         "log": {"level": log.level, "format": log.format},
+        "pause": {
+            "drain_timeout": cfg.pause.drain_timeout,
+            "max_pause": cfg.pause.max_pause,
+            "max_queued": cfg.pause.max_queued,
+        },
     }

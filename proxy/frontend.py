@@ -77,6 +77,7 @@ HANDSHAKE_MESSAGE_LIMIT = 1 << 16
 CLEAR_DIAGNOSTICS = "SELECT 1 FROM (SELECT 1) AS sluice_clear_diagnostics"
 """Resets the warnings/errors a connection keeps (a statement using no table leaves them)."""
 _KEEP_STATUS = int(Status.IN_TRANS | Status.CURSOR_EXISTS)
+_IN_TRANS = int(Status.IN_TRANS)
 _CURSOR_EXISTS = int(Status.CURSOR_EXISTS)
 _STATEMENT_COMMANDS = frozenset(
     (
@@ -99,6 +100,8 @@ class ClientSession(asyncio.Protocol):
         "_current_statement",
         "_cursors",
         "_diagnostics_hold",
+        "_fatal",
+        "_gated",
         "_hold",
         "_infile",
         "_long_data",
@@ -157,6 +160,8 @@ class ClientSession(asyncio.Protocol):
         self.last_insert_id = 0  # what LAST_INSERT_ID() returns for this client
         self._row_count = -1  # what ROW_COUNT() returns after the previous statement
         self._diagnostics_hold: asyncio.TimerHandle | None = None
+        self._fatal: errors.ClientError | None = None  # reported at the next command, then close
+        self._gated = False  # waiting for the write gate to open
         self._previous: ServerConnection | None = None  # where the last command ran
         self._reader = MessageReader(HANDSHAKE_MESSAGE_LIMIT)
         self._waiter: asyncio.Future[None] | None = None
@@ -263,6 +268,59 @@ class ClientSession(asyncio.Protocol):
         if self._reader.pending:
             self._drain()
 
+    # --- the write gate (PAUSE) -------------------------------------------------------------
+
+    def _inside_work(self) -> bool:
+        """Whether the client's next command continues work already started upstream (an
+        open transaction, cursor or long data): such commands pass a closed gate."""
+        backend = self.backend
+        return backend is not None and bool(
+            backend.scanner.status & _IN_TRANS or self._cursors or self._long_data
+        )
+
+    def has_upstream_work(self) -> bool:
+        """Whether this session has work in flight upstream (what PAUSE waits for)."""
+        if self.backend is None or self._gated:
+            return False
+        return self.state in (BUSY, INFILE) or self._inside_work()
+
+    async def _wait_gate(self) -> None:
+        self._gated = True
+        try:
+            await self.tier.gate.wait()
+        finally:
+            self._gated = False
+
+    async def _after_gate(self, raw: bytes, command: int, msg: Message | None) -> None:
+        try:
+            await self._wait_gate()
+        except errors.ClientError as exc:
+            self._reply(frame((msg.last_seq if msg is not None else 0) + 1, exc.payload()))
+            return
+        if self.state != CLOSED:
+            self.state = READY
+            self._command(raw, command, msg)
+
+    def kill_for_pause(self, drain_timeout: float) -> None:
+        """Its transaction outlived the pause's drain timeout: roll it back by closing the
+        connection. The client learns why at its next command, then the session closes
+        (running that command outside its transaction would break the transaction)."""
+        self._fatal = errors.ClientError(
+            errors.ErrorCode.CONNECTION_KILLED,
+            "your transaction was rolled back: work was paused for a switchover and it was "
+            f"still open after pause.drain_timeout ({drain_timeout:g}s); retry it",
+        )
+        backend = self.backend
+        if backend is None:
+            return
+        if self.state in (BUSY, INFILE):
+            backend.abort()  # upstream_lost reports _fatal to the waiting client
+            return
+        self.backend = None
+        backend.detach()
+        backend.abort()
+        self.tier.pools.discard(backend)
+
     def _end_diagnostics_hold(self) -> None:
         self._diagnostics_hold = None
         backend = self.backend
@@ -297,7 +355,7 @@ class ClientSession(asyncio.Protocol):
         name = backend.server_name
         in_transaction = bool(backend.scanner.status & Status.IN_TRANS)
         answerable = self.state == BUSY and not backend.response_started
-        if self.pinned or in_transaction or not answerable:
+        if self.pinned or in_transaction or not answerable or self._fatal is not None:
             log.warning(
                 "client %s: upstream %s lost (%s); its session state is gone, closing",
                 self.id,
@@ -305,7 +363,7 @@ class ClientSession(asyncio.Protocol):
                 reason,
             )
             if answerable:
-                self._fail(errors.upstream_lost(name), seq=self._reply_seq)
+                self._fail(self._fatal or errors.upstream_lost(name), seq=self._reply_seq)
             else:
                 self._close()
             return
@@ -354,6 +412,13 @@ class ClientSession(asyncio.Protocol):
             return
         if command == Command.QUIT:
             self._close()
+            return
+        if self._fatal is not None:  # its transaction was killed by a pause
+            self._fail(self._fatal, seq=(msg.last_seq if msg is not None else 0) + 1)
+            return
+        if self.tier.gate.closed and not self._inside_work():
+            self.state = BUSY
+            self._task = asyncio.get_running_loop().create_task(self._after_gate(raw, command, msg))
             return
         if self._diagnostics_hold is not None:
             self._diagnostics_hold.cancel()
@@ -671,7 +736,7 @@ class ClientSession(asyncio.Protocol):
             self._pin(PIN_UNTRACKED)
         backend.state = self.session.copy()
 
-    async def _acquire(self) -> ServerConnection:
+    async def _acquire(self, gated: bool = True) -> ServerConnection:
         """A pooled connection whose session state matches this client's.
 
         If the session's upstream refuses connections, a local tier moves the session to
@@ -680,7 +745,7 @@ class ClientSession(asyncio.Protocol):
         tried: set[str] = set()
         while True:
             try:
-                return await self._acquire_here()
+                conn = await self._acquire_here()
             except errors.UpstreamUnreachable as exc:
                 assert self.pool_key is not None
                 upstream.mark_down(exc.server)
@@ -689,6 +754,12 @@ class ClientSession(asyncio.Protocol):
                 if other is None:
                     raise
                 self.pool_key = dataclasses.replace(self.pool_key, server=other.name)
+                continue
+            if not gated or not self.tier.gate.closed or self._inside_work():
+                return conn
+            # A pause began while this command waited for a connection: it is new work.
+            self.tier.pools.release(conn)
+            await self._wait_gate()
 
     async def _acquire_here(self) -> ServerConnection:
         pools = self.tier.pools
@@ -983,7 +1054,9 @@ class ClientSession(asyncio.Protocol):
             self.charset,
         )
         self.session = SessionState(database)
-        backend = await self._acquire()
+        # Logging in only proves the upstream accepts the user; it is no work to pause (and a
+        # pause must not turn into handshake timeouts for new clients).
+        backend = await self._acquire(gated=False)
         if self.state == CLOSED:
             self.tier.pools.release(backend)
             return

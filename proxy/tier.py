@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .config import Address, Config
 from .frontend import BUSY, INFILE, ClientSession
+from .gate import Gate
 from .pool import PoolManager
 from .upstream import Upstream
 from .users import UserDirectory
@@ -43,6 +44,7 @@ class Tier:
         self.users = UserDirectory(config.users)
         self.upstream = Upstream(config)
         self.pools = PoolManager(config.pool, config.upstream.servers)
+        self.gate = Gate(self, config.pause)
         self.sessions: dict[int, ClientSession] = {}
         self.pins: dict[str, int] = {}  # pinned sessions so far, by reason
         self.auth_failures = 0
@@ -147,8 +149,14 @@ class Tier:
             if getattr(old, name) != getattr(config, name)
         ]
         self.config = dataclasses.replace(
-            old, users=config.users, pool=config.pool, limits=config.limits, log=config.log
+            old,
+            users=config.users,
+            pool=config.pool,
+            limits=config.limits,
+            log=config.log,
+            pause=config.pause,
         )
+        self.gate.config = config.pause
         self.users = UserDirectory(config.users)
         self.pools.reconfigure(config.pool)
         logging.getLogger().setLevel(config.log.level.upper())

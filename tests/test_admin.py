@@ -235,13 +235,21 @@ def test_kill_client_of_an_unknown_id_is_an_error(admin_tier):
 
 
 def test_unknown_command_lists_the_commands_there_are(admin_tier):
-    for sql in ("SHOW DATABASES", "PAUSE", "KILL 5", "SELECT * FROM pools"):
+    for sql in ("SHOW DATABASES", "SWITCHOVER TO 'db2'", "KILL 5", "SELECT * FROM pools"):
         with pytest.raises(pymysql.err.MySQLError) as error:
             query(admin_tier, sql)
         code, message = error.value.args
         assert code == 1064, sql
         assert message.startswith("sluice: unknown admin command")
-        for command in ("SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "KILL CLIENT", "RELOAD"):
+        for command in (
+            "SHOW POOLS",
+            "SHOW CLIENTS",
+            "SHOW SERVERS",
+            "KILL CLIENT",
+            "RELOAD",
+            "PAUSE",
+            "RESUME",
+        ):
             assert command in message
 
 

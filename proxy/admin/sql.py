@@ -48,13 +48,15 @@ COMMANDS = (
     "SHOW CONFIG",
     "KILL CLIENT <id>",
     "RELOAD",
+    "PAUSE",
+    "RESUME",
 )
 ER_NO_SUCH_THREAD = 1094
 ER_UNKNOWN_ERROR = 1105
 
 _COMMAND_RE = re.compile(
     r"\s*(?:SHOW\s+(?P<show>POOLS|CLIENTS|SERVERS|CONFIG)|KILL\s+CLIENT\s+(?P<kill>\d+)"
-    r"|(?P<reload>RELOAD))\s*;?\s*",
+    r"|(?P<reload>RELOAD)|(?P<pause>PAUSE)|(?P<resume>RESUME))\s*;?\s*",
     re.IGNORECASE,
 )
 _DRIVER_SETUP_RE = re.compile(r"\s*(?:SET|SELECT)\b", re.IGNORECASE)
@@ -90,6 +92,8 @@ SERVER_COLUMNS = _columns(
 )
 CONFIG_COLUMNS = _columns(("key", _TEXT), ("value", _TEXT))
 RELOAD_COLUMNS = _columns(("reloaded", _TEXT), ("needs_restart", _TEXT))
+PAUSE_COLUMNS = _columns(("paused", _TEXT), ("drained_ms", _INT), ("killed", _INT))
+RESUME_COLUMNS = _columns(("resumed", _TEXT), ("paused_ms", _INT))
 
 
 def unknown_command(sql: str) -> MysqlError:
@@ -136,6 +140,8 @@ class AdminSession(Session):
             "show": self._show,
             "kill": self._kill_client,
             "reload": self._reload,
+            "pause": self._pause,
+            "resume": self._resume,
         }
 
     async def init(self, connection: Connection) -> None:
@@ -215,6 +221,15 @@ class AdminSession(Session):
             ) from None
         restart = self.tier.reload(config)
         return [("yes", ", ".join(restart))], RELOAD_COLUMNS
+
+    async def _pause(self, match: re.Match[str]) -> AllowedResult:
+        """Returns once no upstream work is in flight (see proxy/gate.py)."""
+        result = await self.tier.gate.pause()
+        return [("yes", round(result.drained_seconds * 1000), result.killed)], PAUSE_COLUMNS
+
+    async def _resume(self, match: re.Match[str]) -> AllowedResult:
+        paused = self.tier.gate.resume()
+        return [("yes", round(paused * 1000))], RESUME_COLUMNS
 
 
 class SqlAdmin:
