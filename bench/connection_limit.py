@@ -1,7 +1,8 @@
-"""The funnel against a database connection limit: N app clients direct vs through one sluice tier.
+"""The funnel against a database connection limit: app clients direct, through one sluice tier,
+and through the production shape (local tiers on app hosts in front of a remote tier).
 
 One run starts a sandbox MariaDB with a small ``max_connections`` (``--db-limit``) and a table,
-then runs two phases, one after the other, with the same workload:
+then runs up to four phases (``--phases``), one after the other, with the same workload:
 
 - **direct**: N app clients connect straight to MariaDB with aiomysql, all at once. Only about
   ``--db-limit`` of them get in; the rest get error 1040 (Too many connections), retry a few
@@ -12,6 +13,24 @@ then runs two phases, one after the other, with the same workload:
 - **sluice**: the same N clients connect to one sluice tier (``sluice run`` in a subprocess,
   ``pool.max_connections = --cap``, ``acquire_timeout`` 30s), which funnels them onto at most
   ``--cap`` database connections. No client should see any error.
+- **direct-total**: like direct, with all H x C app connections of the two-tier phase
+  (``--hosts`` H, ``--clients-per-host`` C, default ``--clients``), from ``--tier-workers``
+  load-generator processes (default one per app host).
+- **two-tier**: the production story at small scale. H app hosts, each with C app connections
+  to its own local tier (``sluice run``, ``tier: local``, listening on a unix socket in the temp
+  dir, ``pool.max_connections = --local-pool``), all local tiers funnelling into one remote tier
+  (``tier: remote``, TCP, ``pool.max_connections = --cap``) in front of the database. Each app
+  host's clients connect with aiomysql's ``unix_socket``. No client should see any error, no
+  local tier should hold more than ``--local-pool`` connections to the remote tier and the
+  database should see at most ``--cap``. ``--hosts 0`` skips both H x C phases.
+
+  Per-tier counts come from the kernel, not from sluice's own bookkeeping: every 100 ms a
+  thread reads /proc/net/tcp (established sockets whose peer port is the remote tier's port,
+  attributed to a local tier by the socket inode in its /proc/PID/fd; the remote tier's sockets
+  to the database port likewise) and /proc/net/unix (connected sockets carrying a local tier's
+  socket path are the app connections it accepted), and the RSS of every tier. Memory per app
+  connection is the sum of the local tiers' RSS growth over all connected app clients, and the
+  remote tier's growth over the same number.
 
 Once every client has connected (or given up), each connected client runs a closed loop for
 ``--seconds``: 50% autocommit point selects, 20% autocommit inserts, 30% short transactions
@@ -41,7 +60,8 @@ failing clients, so the overall ratio alone says little). Results go to
 ``bench/results/connection_limit.json``.
 
     .venv/bin/python bench/connection_limit.py [--clients 1000] [--db-limit 64] [--cap 48]
-        [--seconds 10] [--think-ms 0] [--workers 1]
+        [--seconds 10] [--think-ms 0] [--workers 1] [--hosts 4] [--clients-per-host N]
+        [--local-pool 24] [--tier-workers H] [--phases direct,sluice,direct-total,two-tier]
 
 Load generator, sluice and MariaDB all share this machine (two cores on the reference box), so
 absolute throughput is bounded by the sum of their CPU per statement, and the Python load
@@ -107,6 +127,10 @@ class WorkerSpec:
     seconds: float
     seed: int
     think: float = 0.0  # seconds an app "thinks" between requests (mean; 0 = closed loop)
+    # Two-tier phase: per client, the unix socket of its app host's local tier (None: TCP to
+    # host:port) and the app host it belongs to (0 when there are no hosts).
+    sockets: list[str | None] = field(default_factory=list)
+    app_hosts: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -114,6 +138,7 @@ class WorkerResult:
     index: int
     clients: int = 0
     connected: int = 0
+    connected_by_host: Counter[int] = field(default_factory=Counter)  # app host -> connected
     connect_seconds: float = 0.0  # from the first connect to the last client done trying
     connect_errors: Counter[str] = field(default_factory=Counter)  # code -> count (every try)
     errors: Counter[str] = field(default_factory=Counter)  # during the workload, code -> count
@@ -138,7 +163,9 @@ def error_code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def connect_client(spec: WorkerSpec, rng: random.Random, result: WorkerResult) -> Any:
+async def connect_client(
+    spec: WorkerSpec, sock: str | None, rng: random.Random, result: WorkerResult
+) -> Any:
     import aiomysql
 
     for attempt in range(CONNECT_ATTEMPTS):
@@ -149,6 +176,7 @@ async def connect_client(spec: WorkerSpec, rng: random.Random, result: WorkerRes
                 return await aiomysql.connect(
                     host=spec.host,
                     port=spec.port,
+                    unix_socket=sock,
                     user=spec.user,
                     password=spec.password,
                     db="app",
@@ -255,12 +283,15 @@ async def run_worker(spec: WorkerSpec, q: Any, go: Any) -> None:
     }
     rng = random.Random(spec.seed)
     started = time.monotonic()
+    sockets = spec.sockets or [None] * len(spec.client_ids)
+    app_hosts = spec.app_hosts or [0] * len(spec.client_ids)
     conns = await asyncio.gather(
-        *(connect_client(spec, random.Random(rng.random()), result) for _ in spec.client_ids)
+        *(connect_client(spec, sock, random.Random(rng.random()), result) for sock in sockets)
     )
     result.connect_seconds = time.monotonic() - started
     live = [(cid, c) for cid, c in zip(spec.client_ids, conns, strict=True) if c is not None]
     result.connected = len(live)
+    result.connected_by_host.update(h for h, c in zip(app_hosts, conns, strict=True) if c)
     q.put(("ready", spec.index, result.connected, result.connect_seconds))
     loop = asyncio.get_running_loop()
     try:
@@ -274,7 +305,10 @@ async def run_worker(spec: WorkerSpec, q: Any, go: Any) -> None:
             )
             for cid, c in live
         ]
-        finished, pending = await asyncio.wait(tasks, timeout=spec.seconds + GRACE)
+        finished: set[asyncio.Task[int]] = set()
+        pending: set[asyncio.Task[int]] = set()
+        if tasks:  # a worker none of whose clients got in (direct phases) has nothing to run
+            finished, pending = await asyncio.wait(tasks, timeout=spec.seconds + GRACE)
         result.window = time.monotonic() - t0
         result.cpu_seconds = time.process_time() - cpu0
         q.put(("done", spec.index))
@@ -364,6 +398,146 @@ class Sampler(threading.Thread):
             db.close()
 
 
+TCP_ESTABLISHED = "01"
+
+
+def tcp_established() -> list[tuple[int, int, int]]:
+    """(local port, remote port, socket inode) of every established IPv4 TCP socket.
+
+    The bench runs on loopback in one network namespace, so /proc/net/tcp lists both ends of
+    every connection between the tiers: the local tier's end (remote port = the remote tier's
+    listening port) and the remote tier's end (local port = its listening port).
+    """
+    # /proc/net/* is read in chunks, not as one snapshot: a socket table changing under the
+    # read can list a socket twice, so entries are keyed by inode.
+    out: dict[int, tuple[int, int, int]] = {}
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if parts[3] != TCP_ESTABLISHED:
+                continue
+            inode = int(parts[9])
+            out[inode] = (
+                int(parts[1].rsplit(":", 1)[1], 16),
+                int(parts[2].rsplit(":", 1)[1], 16),
+                inode,
+            )
+    return list(out.values())
+
+
+UNIX_CONNECTED = "03"
+
+
+def unix_connected(paths: list[str]) -> list[int]:
+    """Per socket path: connected unix sockets carrying that name (a listener's accepted ones)."""
+    index = {path: i for i, path in enumerate(paths)}
+    seen: dict[str, int] = {}  # inode -> path index (see tcp_established on duplicates)
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if (
+                len(parts) == 8
+                and parts[5] == UNIX_CONNECTED
+                and (i := index.get(parts[7])) is not None
+            ):
+                seen[parts[6]] = i
+    counts = [0] * len(paths)
+    for i in seen.values():
+        counts[i] += 1
+    return counts
+
+
+def socket_inodes(pid: int) -> tuple[set[int], int]:
+    """The socket inodes a process holds open (from /proc/PID/fd), and how many fds it has."""
+    inodes: set[int] = set()
+    fd_dir = f"/proc/{pid}/fd"
+    names = os.listdir(fd_dir)
+    for fd in names:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"{fd_dir}/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes, len(names)
+
+
+class ChainSampler(threading.Thread):
+    """Every 100 ms, from outside the tiers: connections between them and their memory.
+
+    - local tier -> remote tier, per local tier: established TCP sockets whose remote port is
+      the remote tier's port (from /proc/net/tcp), attributed to a local tier by the socket
+      inode in its /proc/PID/fd. Their sum is checked against the remote tier's own end
+      (established sockets on its listening port).
+    - remote tier -> database: established sockets from the remote tier's process to the
+      database port (the database's own Threads_connected is sampled by :class:`Sampler`).
+    - app connections held by each local tier: connected unix sockets in /proc/net/unix that
+      carry its socket path (sockets the tier accepted inherit its listening socket's name;
+      the clients' ends have none).
+    - RSS of every tier process.
+    This counts what the kernel sees, not what sluice believes it has open.
+    """
+
+    def __init__(
+        self,
+        remote_pid: int,
+        remote_port: int,
+        db_port: int,
+        local_pids: list[int],
+        local_sockets: list[str],
+        limit: float,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.remote_pid = remote_pid
+        self.remote_port = remote_port
+        self.db_port = db_port
+        self.local_pids = local_pids
+        self.local_sockets = local_sockets
+        self.limit = limit
+        self.stop = threading.Event()
+        self.max_to_remote = [0] * len(local_pids)  # per local tier
+        self.max_to_remote_total = 0  # sum over local tiers, same sample
+        self.max_remote_accepted = 0  # the remote tier's end of those connections
+        self.max_remote_to_db = 0
+        self.max_app_sockets = [0] * len(local_pids)
+        self.max_rss: dict[int, int] = {}
+        self.samples: list[tuple[float, list[int], int, int]] = []
+        self.error: str | None = None
+
+    def rss(self) -> dict[int, int]:
+        return {pid: rss_bytes(pid) for pid in (self.remote_pid, *self.local_pids)}
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            while not self.stop.is_set() and time.monotonic() - started < self.limit:
+                table = tcp_established()
+                upstream = {ino for _, rport, ino in table if rport == self.remote_port}
+                to_db = {ino for _, rport, ino in table if rport == self.db_port}
+                accepted = sum(1 for lport, _, _ in table if lport == self.remote_port)
+                apps = unix_connected(self.local_sockets)
+                per_local = []
+                for i, pid in enumerate(self.local_pids):
+                    inodes, _ = socket_inodes(pid)
+                    mine = len(inodes & upstream)
+                    per_local.append(mine)
+                    self.max_to_remote[i] = max(self.max_to_remote[i], mine)
+                    self.max_app_sockets[i] = max(self.max_app_sockets[i], apps[i])
+                remote_inodes, _ = socket_inodes(self.remote_pid)
+                remote_db = len(remote_inodes & to_db)
+                self.max_to_remote_total = max(self.max_to_remote_total, sum(per_local))
+                self.max_remote_accepted = max(self.max_remote_accepted, accepted)
+                self.max_remote_to_db = max(self.max_remote_to_db, remote_db)
+                for pid, value in self.rss().items():
+                    self.max_rss[pid] = max(self.max_rss.get(pid, 0), value)
+                self.samples.append(
+                    (round(time.monotonic() - started, 3), per_local, accepted, remote_db)
+                )
+                self.stop.wait(0.1)
+        except Exception as exc:
+            self.error = f"chain sampler failed: {exc!r}"
+
+
 def threads_connected(port: int) -> int:
     import pymysql
 
@@ -422,12 +596,27 @@ def run_phase(
     extra_port: int,
     db_pid: int,
     proxy_pid: int | None = None,
+    *,
+    clients: int | None = None,
+    workers: int | None = None,
+    sockets: list[str | None] | None = None,
+    app_hosts: list[int] | None = None,
+    chain: ChainSampler | None = None,
+    tier_pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """One phase: connect, run the workload, measure.
+
+    The two-tier phase passes ``sockets`` and ``app_hosts`` (per client: its local tier's unix
+    socket and its app host), the tier processes (``tier_pids``, for CPU) and ``chain``.
+    """
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     go = ctx.Event()
-    workers = max(1, min(args.workers, args.clients))
-    ids = list(range(1, args.clients + 1))
+    clients = clients or args.clients
+    workers = max(1, min(workers or args.workers, clients))
+    ids = list(range(1, clients + 1))
+    sockets = sockets or [None] * clients
+    app_hosts = app_hosts or [0] * clients
     specs = [
         WorkerSpec(
             w,
@@ -439,6 +628,8 @@ def run_phase(
             args.seconds,
             1000 + w,
             args.think_ms / 1000,
+            sockets[w::workers],
+            app_hosts[w::workers],
         )
         for w in range(workers)
     ]
@@ -446,7 +637,11 @@ def run_phase(
     rss_before = rss_bytes(proxy_pid) if proxy_pid else 0
     sampler = Sampler(extra_port, proxy_pid, CONNECT_WINDOW + args.seconds + GRACE + 120)
     sampler.start()
-    print(f"[{name}] {args.clients} clients connecting to {HOST}:{port} ...", flush=True)
+    rss_before_tiers = chain.rss() if chain else {}
+    if chain:
+        chain.start()
+    where = f"{HOST}:{port}" if sockets[0] is None else f"{len(set(sockets))} unix sockets"
+    print(f"[{name}] {clients} clients connecting to {where} ...", flush=True)
     try:
         started = time.monotonic()
         for p in procs:
@@ -458,30 +653,40 @@ def run_phase(
             connected += n
         connect_seconds = time.monotonic() - started
         rss_connected = rss_bytes(proxy_pid) if proxy_pid else 0
+        rss_connected_tiers = chain.rss() if chain else {}
         threads_at_connect = sampler.max_threads
         print(
             f"[{name}] {connected} connected in {connect_seconds:.1f}s; "
             f"running the workload for {args.seconds:g}s ...",
             flush=True,
         )
-        pids = {"db": db_pid, **({"proxy": proxy_pid} if proxy_pid else {})}
+        pids = {"db": db_pid, **({"proxy": proxy_pid} if proxy_pid else {}), **(tier_pids or {})}
         counters0 = command_counters(extra_port)
         cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
         # mariadbd reads sockets with recv(), which /proc/PID/io does not count: proxy only.
-        io0 = {k: syscalls(pid) for k, pid in pids.items() if k == "proxy"}
+        io0 = {k: syscalls(pid) for k, pid in pids.items() if k != "db"}
         t0 = time.monotonic()
         go.set()
         deadline = t0 + args.seconds + GRACE + 30
-        for _ in procs:
-            get(q, deadline, f"{name}: the workload to finish")
+        # A worker sends "done" then its "result"; with several workers one's result can come
+        # before another's "done", so keep whatever arrives.
+        finished: set[int] = set()
+        early: dict[int, WorkerResult] = {}
+        while len(finished) < len(procs):
+            msg = get(q, deadline, f"{name}: the workload to finish")
+            finished.add(msg[1])
+            if msg[0] == "result":
+                early[msg[1]] = msg[2]
         window = time.monotonic() - t0
         cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
+        if tier_pids:
+            cpu["local tiers"] = sum(v for k, v in cpu.items() if k.startswith("local"))
         io = {k: syscalls(pid) for k, pid in pids.items() if k in io0}
         for k in io:
             io[k].subtract(io0[k])
         counters = command_counters(extra_port)
         counters.subtract(counters0)
-        results: list[WorkerResult] = []
+        results: list[WorkerResult] = list(early.values())
         deadline = time.monotonic() + 60
         while len(results) < len(procs):
             msg = get(q, deadline, f"{name}: worker results")
@@ -492,6 +697,9 @@ def run_phase(
     finally:
         sampler.stop.set()
         sampler.join(5)
+        if chain:
+            chain.stop.set()
+            chain.join(5)
         go.set()  # lets a worker still waiting for it finish
         for p in procs:
             if p.is_alive():
@@ -500,7 +708,7 @@ def run_phase(
             if p.is_alive():
                 p.kill()
                 p.join(5)
-    return summarize(
+    out = summarize(
         name,
         args,
         results,
@@ -513,7 +721,71 @@ def run_phase(
         rss_connected,
         threads_at_connect,
         counters,
+        clients,
     )
+    if chain:
+        out["tiers"] = tier_summary(chain, results, rss_before_tiers, rss_connected_tiers, out)
+    return out
+
+
+def tier_summary(
+    chain: ChainSampler,
+    results: list[WorkerResult],
+    rss_before: dict[int, int],
+    rss_connected: dict[int, int],
+    phase: dict[str, Any],
+) -> dict[str, Any]:
+    """Per tier: app connections, upstream connections (max, kernel's view), memory."""
+    by_host: Counter[int] = Counter()
+    for r in results:
+        by_host.update(r.connected_by_host)
+    connected = phase["connected"]
+
+    def memory(pid: int, per: int) -> dict[str, Any]:
+        before, conn = rss_before[pid], rss_connected[pid]
+        peak = max(chain.max_rss.get(pid, 0), conn)
+        return {
+            "before_kib": before // 1024,
+            "connected_kib": conn // 1024,
+            "peak_kib": peak // 1024,
+            "per_app_connection_kib_connected": round((conn - before) / 1024 / per, 2)
+            if per
+            else None,
+            "per_app_connection_kib_peak": round((peak - before) / 1024 / per, 2) if per else None,
+        }
+
+    locals_ = []
+    for i, pid in enumerate(chain.local_pids):
+        locals_.append(
+            {
+                "host": i + 1,
+                "app_connections_ok": by_host[i + 1],
+                "app_sockets_max": chain.max_app_sockets[i],
+                "to_remote_max": chain.max_to_remote[i],
+                "rss": memory(pid, by_host[i + 1]),
+            }
+        )
+    delta_connected = sum(rss_connected[p] - rss_before[p] for p in chain.local_pids)
+    delta_peak = sum(
+        max(chain.max_rss.get(p, 0), rss_connected[p]) - rss_before[p] for p in chain.local_pids
+    )
+    return {
+        "method": "kernel view: /proc/net/tcp established sockets mapped to tier processes "
+        "through /proc/PID/fd socket inodes, every 100 ms",
+        "locals": locals_,
+        "locals_to_remote_max_total": chain.max_to_remote_total,
+        "remote_accepted_max": chain.max_remote_accepted,
+        "remote_to_db_max": chain.max_remote_to_db,
+        "locals_rss_per_app_connection_kib_connected": round(delta_connected / 1024 / connected, 2)
+        if connected
+        else None,
+        "locals_rss_per_app_connection_kib_peak": round(delta_peak / 1024 / connected, 2)
+        if connected
+        else None,
+        "remote_rss": memory(chain.remote_pid, connected),
+        "chain_sampler_error": chain.error,
+        "chain_samples": chain.samples,
+    }
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -536,6 +808,7 @@ def summarize(
     rss_connected: int,
     threads_at_connect: int,
     counters: Counter[str],
+    clients: int,
 ) -> dict[str, Any]:
     connect_errors: Counter[str] = Counter()
     errors: Counter[str] = Counter()
@@ -557,9 +830,9 @@ def summarize(
     qps = statements / measured
     out: dict[str, Any] = {
         "phase": name,
-        "clients": args.clients,
+        "clients": clients,
         "connected": connected,
-        "failed_clients": args.clients - connected,
+        "failed_clients": clients - connected,
         "connect_seconds": round(connect_seconds, 3),
         "db_connections_max": sampler.max_threads,
         "db_connections_max_while_connecting": threads_at_connect,
@@ -681,6 +954,79 @@ def create_schema(extra_port: int) -> None:
         db.close()
 
 
+def wait_unix(path: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sluice exited with {proc.returncode} before listening")
+        with socket.socket(socket.AF_UNIX) as s:
+            if s.connect_ex(str(path)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"sluice does not listen on {path} after {timeout:g}s")
+
+
+def spawn_tier(work: Path, name: str, config: dict[str, Any]) -> subprocess.Popen:
+    """``sluice run -c work/NAME.yaml`` with its log in work/NAME.log."""
+    path = work / f"{name}.yaml"
+    path.write_text(json.dumps(config, indent=2))
+    log = (work / f"{name}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "run", "-c", str(path)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C reaches us only; we stop sluice in order
+    )
+    log.close()
+    return proc
+
+
+def start_chain(
+    work: Path, db: sandbox.SandboxServer, args: argparse.Namespace
+) -> tuple[subprocess.Popen, int, list[subprocess.Popen], list[Path]]:
+    """One remote tier (TCP, cap --cap) and --hosts local tiers (unix socket each, pool
+    --local-pool) whose upstream is that remote tier."""
+    remote_port = free_port()
+    remote = spawn_tier(
+        work,
+        "remote",
+        {
+            "tier": "remote",
+            "listen": [f"{HOST}:{remote_port}"],
+            "users": [{"name": "app", "password": "app-pass"}],
+            "upstream": {"servers": [{"name": "db1", "address": f"{db.host}:{db.port}"}]},
+            "pool": {"max_connections": args.cap, "acquire_timeout": ACQUIRE_TIMEOUT},
+            "log": {"level": "warning"},
+        },
+    )
+    locals_: list[subprocess.Popen] = []
+    paths: list[Path] = []
+    try:
+        wait_port(remote_port, remote)
+        for h in range(1, args.hosts + 1):
+            sock = work / f"host{h}.sock"
+            config: dict[str, Any] = {
+                "tier": "local",
+                "listen": [f"unix:{sock}"],
+                "users": [{"name": "app", "password": "app-pass"}],
+                "upstream": {"servers": [{"name": "remote1", "address": f"{HOST}:{remote_port}"}]},
+                "pool": {"max_connections": args.local_pool, "acquire_timeout": ACQUIRE_TIMEOUT},
+                "log": {"level": "warning"},
+            }
+            if args.clients_per_host >= 10_000:
+                config["limits"] = {"max_clients": args.clients_per_host + 100}
+            locals_.append(spawn_tier(work, f"local{h}", config))
+            paths.append(sock)
+        for proc, sock in zip(locals_, paths, strict=True):
+            wait_unix(sock, proc)
+    except BaseException:
+        for proc in (*locals_, remote):
+            stop_process(proc)
+        raise
+    return remote, remote_port, locals_, paths
+
+
 def start_sluice(work: Path, db: sandbox.SandboxServer, args: argparse.Namespace) -> tuple:
     port = free_port()
     config: dict[str, Any] = {
@@ -736,15 +1082,23 @@ def fmt_errors(*counters: dict[str, int]) -> str:
 def report(phases: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"clients={args.clients} db-limit={args.db_limit} cap={args.cap} seconds={args.seconds:g} "
-        f"workers={args.workers} think-ms={args.think_ms:g}",
+        f"workers={args.workers} think-ms={args.think_ms:g}"
+        + (
+            f" hosts={args.hosts} clients-per-host={args.clients_per_host} "
+            f"local-pool={args.local_pool} tier-workers={args.tier_workers}"
+            if args.hosts
+            else ""
+        ),
         "",
-        f"{'phase':7} {'clients':>7} {'conn OK':>7} {'db conns':>8} {'errors (code x count)':>24} "
+        f"{'phase':12} {'clients':>7} {'conn OK':>7} {'db conns':>8} {'errors (code x count)':>24} "
         f"{'QPS':>8} {'p50 ms':>7} {'p99 ms':>8} {'KiB/client':>10}",
     ]
     for name, r in phases.items():
         kib = r.get("proxy_rss", {}).get("per_client_kib_peak")
+        if "tiers" in r:
+            kib = r["tiers"]["locals_rss_per_app_connection_kib_peak"]
         lines.append(
-            f"{name:7} {r['clients']:7d} {r['connected']:7d} {r['db_connections_max']:8d} "
+            f"{name:12} {r['clients']:7d} {r['connected']:7d} {r['db_connections_max']:8d} "
             f"{fmt_errors(r['connect_errors'], r['workload_errors']):>24} {r['qps']:8.0f} "
             f"{r['latency_ms']['p50']:7.2f} {r['latency_ms']['p99']:8.2f} "
             f"{'-' if kib is None else f'{kib:.1f}':>10}"
@@ -779,6 +1133,8 @@ def report(phases: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
             f"    database saw {r['db_questions']} statements ({per:.2f} per client statement): "
             f"{top}"
         )
+        if "tiers" in r:
+            lines.extend(tier_lines(r["tiers"], args))
         if "proxy_rss" in r:
             m = r["proxy_rss"]
             lines.append(
@@ -807,7 +1163,66 @@ def report(phases: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                 f"!! sluice exceeded its cap: {s['db_connections_max']} database connections "
                 f"> pool.max_connections {args.cap}"
             )
+    if "direct-total" in phases and "two-tier" in phases:
+        d, s = phases["direct-total"], phases["two-tier"]
+        lines.append("")
+        if d["qps"]:
+            lines.append(
+                f"throughput two-tier/direct-total: {s['qps'] / d['qps']:.2f} "
+                f"({s['qps']:.0f} vs {d['qps']:.0f} QPS); clients served: two-tier "
+                f"{s['connected']}/{s['clients']}, direct {d['connected']}/{d['clients']}"
+            )
+    if "two-tier" in phases:
+        t = phases["two-tier"]["tiers"]
+        over = [
+            f"local tier {x['host']}: {x['to_remote_max']} connections to the remote tier "
+            f"> pool.max_connections {args.local_pool}"
+            for x in t["locals"]
+            if x["to_remote_max"] > args.local_pool
+        ]
+        if phases["two-tier"]["db_connections_max"] > args.cap:
+            over.append(
+                f"remote tier: {phases['two-tier']['db_connections_max']} database connections "
+                f"> pool.max_connections {args.cap}"
+            )
+        lines.extend(f"!! {text}" for text in over)
     return "\n".join(lines)
+
+
+def tier_lines(t: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The two-tier phase, per tier."""
+    lines = [
+        "    per tier (max over the phase, counted from /proc: established TCP sockets by "
+        "owning process):"
+    ]
+    for x in t["locals"]:
+        m = x["rss"]
+        lines.append(
+            f"      local tier {x['host']}: app connections OK {x['app_connections_ok']} "
+            f"(held max {x['app_sockets_max']}), to remote tier max "
+            f"{x['to_remote_max']}/{args.local_pool}; RSS {m['before_kib']}/"
+            f"{m['connected_kib']}/{m['peak_kib']} KiB before/connected/peak"
+        )
+    r = t["remote_rss"]
+    lines.append(
+        f"      local tiers -> remote tier: max {t['locals_to_remote_max_total']} (sum of the "
+        f"local tiers' ends, same sample), remote tier's end max {t['remote_accepted_max']}"
+    )
+    lines.append(
+        f"      remote tier -> database: max {t['remote_to_db_max']}/{args.cap} (remote tier's "
+        f"sockets); RSS {r['before_kib']}/{r['connected_kib']}/{r['peak_kib']} KiB "
+        f"before/connected/peak"
+    )
+    lines.append(
+        "      memory per app connection: local tiers "
+        f"{t['locals_rss_per_app_connection_kib_connected']} KiB idle, "
+        f"{t['locals_rss_per_app_connection_kib_peak']} KiB at peak; remote tier "
+        f"{r['per_app_connection_kib_connected']} KiB idle, {r['per_app_connection_kib_peak']} "
+        f"KiB at peak"
+    )
+    if t["chain_sampler_error"]:
+        lines.append(f"      !! {t['chain_sampler_error']}")
+    return lines
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -823,6 +1238,9 @@ def positive(kind: type) -> Any:
     return parse
 
 
+PHASES = ("direct", "sluice", "direct-total", "two-tier")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=positive(int), default=1000)
@@ -836,7 +1254,46 @@ def main() -> int:
         default=0.0,
         help="mean pause between a client's requests (default 0: every client always busy)",
     )
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=4,
+        help="app hosts in the two-tier phases, one local tier each (0: no two-tier phases)",
+    )
+    parser.add_argument(
+        "--clients-per-host",
+        type=positive(int),
+        default=None,
+        help="app connections per app host (default: --clients)",
+    )
+    parser.add_argument(
+        "--local-pool",
+        type=positive(int),
+        default=24,
+        help="each local tier's pool.max_connections",
+    )
+    parser.add_argument(
+        "--tier-workers",
+        type=positive(int),
+        default=None,
+        help="load-generator processes in the two-tier phases (default: one per app host)",
+    )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all)",
+    )
     args = parser.parse_args()
+    args.clients_per_host = args.clients_per_host or args.clients
+    args.tier_workers = args.tier_workers or max(1, args.hosts)
+    chosen = [x.strip() for x in args.phases.split(",") if x.strip()]
+    if unknown := [x for x in chosen if x not in PHASES]:
+        parser.error(f"--phases: unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES)}")
+    if args.hosts < 0:
+        parser.error("--hosts must be >= 0")
+    if not args.hosts:
+        chosen = [x for x in chosen if x not in ("direct-total", "two-tier")]
+    args.phases = ",".join(chosen)
     if args.think_ms < 0:
         parser.error("--think-ms must be >= 0")
     if args.db_limit < 10:
@@ -848,7 +1305,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, terminate)
     work = Path(tempfile.mkdtemp(prefix="sluice-connlimit-", dir="/tmp"))
     sluice: subprocess.Popen | None = None
+    chain_procs: list[subprocess.Popen] = []
     phases: dict[str, dict[str, Any]] = {}
+    chosen = args.phases.split(",")
+    code: int | None = None
     try:
         extra_port = free_port()
         sb = sandbox.up(
@@ -859,24 +1319,92 @@ def main() -> int:
         )
         db = sb.primary
         create_schema(extra_port)
-        phases["direct"] = run_phase("direct", db.port, args, extra_port, db.pid)
-        left = wait_db_idle(extra_port)
-        if left:
-            print(f"note: {left} database connections still open after the direct phase")
-        sluice, sluice_port = start_sluice(work, db, args)
-        time.sleep(0.5)  # let it settle before the RSS baseline
-        phases["sluice"] = run_phase("sluice", sluice_port, args, extra_port, db.pid, sluice.pid)
-        code = stop_process(sluice)
-        sluice_log = (work / "sluice.log").read_text(errors="replace").strip().splitlines()
-        phases["sluice"]["exit_code"] = code
-        phases["sluice"]["log"] = sluice_log[-200:]
+        total = args.hosts * args.clients_per_host
+        logs: dict[str, list[str]] = {}
+        codes: dict[str, int | None] = {}
+
+        def settle(after: str) -> None:
+            left = wait_db_idle(extra_port)
+            if left:
+                print(f"note: {left} database connections still open after the {after} phase")
+
+        if "direct" in chosen:
+            phases["direct"] = run_phase("direct", db.port, args, extra_port, db.pid)
+            settle("direct")
+        if "sluice" in chosen:
+            sluice, sluice_port = start_sluice(work, db, args)
+            time.sleep(0.5)  # let it settle before the RSS baseline
+            phases["sluice"] = run_phase(
+                "sluice", sluice_port, args, extra_port, db.pid, sluice.pid
+            )
+            code = stop_process(sluice)
+            codes["sluice"] = code
+            logs["sluice"] = (work / "sluice.log").read_text(errors="replace").strip().splitlines()
+            phases["sluice"]["exit_code"] = code
+            phases["sluice"]["log"] = logs["sluice"][-200:]
+            settle("sluice")
+        if "direct-total" in chosen:
+            phases["direct-total"] = run_phase(
+                "direct-total",
+                db.port,
+                args,
+                extra_port,
+                db.pid,
+                clients=total,
+                workers=args.tier_workers,
+            )
+            settle("direct-total")
+        if "two-tier" in chosen:
+            remote, remote_port, local_procs, socks = start_chain(work, db, args)
+            chain_procs = [*local_procs, remote]
+            time.sleep(0.5)  # let them settle before the RSS baseline
+            per_client_host = [
+                h for h in range(1, args.hosts + 1) for _ in range(args.clients_per_host)
+            ]
+            chain = ChainSampler(
+                remote.pid,
+                remote_port,
+                db.port,
+                [p.pid for p in local_procs],
+                [str(x) for x in socks],
+                CONNECT_WINDOW + args.seconds + GRACE + 120,
+            )
+            phases["two-tier"] = run_phase(
+                "two-tier",
+                remote_port,
+                args,
+                extra_port,
+                db.pid,
+                clients=total,
+                workers=args.tier_workers,
+                sockets=[str(socks[h - 1]) for h in per_client_host],
+                app_hosts=per_client_host,
+                chain=chain,
+                tier_pids={
+                    "remote": remote.pid,
+                    **{f"local{i}": p.pid for i, p in enumerate(local_procs, start=1)},
+                },
+            )
+            # Locals first: the remote tier drains while its clients leave.
+            names = [f"local{i}" for i in range(1, len(local_procs) + 1)] + ["remote"]
+            for tier_name, proc in zip(names, chain_procs, strict=True):
+                codes[tier_name] = stop_process(proc)
+                logs[tier_name] = (
+                    (work / f"{tier_name}.log").read_text(errors="replace").strip().splitlines()
+                )
+            phases["two-tier"]["exit_codes"] = {n: codes[n] for n in names}
+            phases["two-tier"]["logs"] = {n: logs[n][-200:] for n in names}
         text = report(phases, args)
         print("\n" + text)
-        if sluice_log:
-            print(f"\nsluice logged {len(sluice_log)} lines at warning or above; the last ones:")
-            print("\n".join("    " + line for line in sluice_log[-15:]))
-        if code not in (0, None):
-            print(f"\nsluice exited with {code} on SIGTERM")
+        for tier_name, lines in logs.items():
+            if lines:
+                print(
+                    f"\n{tier_name} logged {len(lines)} lines at warning or above; the last ones:"
+                )
+                print("\n".join("    " + line for line in lines[-15:]))
+        for tier_name, rc in codes.items():
+            if rc not in (0, None):
+                print(f"\n{tier_name} exited with {rc} on SIGTERM")
         out = ROOT / "bench/results/connection_limit.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"args": vars(args), "phases": phases, "table": text}, indent=1))
@@ -890,6 +1418,9 @@ def main() -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with contextlib.suppress(Exception):
             stop_process(sluice)
+        for proc in chain_procs:
+            with contextlib.suppress(Exception):
+                stop_process(proc)
         with contextlib.suppress(Exception):
             sandbox.down(work / "db")
         shutil.rmtree(work, ignore_errors=True)
