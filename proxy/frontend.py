@@ -615,22 +615,10 @@ class ClientSession(asyncio.Protocol):
     ) -> None:
         """Run a statement command on a connection where the statement is not prepared yet."""
         seq = (msg.last_seq if msg is not None else 0) + 1
-        try:
-            backend, server, messages = await self._prepare_on_connection(stmt.sql)
-        except errors.ClientError as exc:
-            self._reply(frame(seq, exc.payload()))
+        prepared = await self._prepare_on_connection(stmt.sql, seq)
+        if prepared is None:
             return
-        except UpstreamError as exc:
-            self._reply(frame(seq, exc.raw))
-            return
-        except (ConnectionError, ProtocolError) as exc:
-            log.warning("client %s: preparing a statement upstream failed: %s", self.id, exc)
-            self._close()
-            return
-        if self.state == CLOSED:
-            self.tier.pools.release(backend)
-            return
-        self._attach(backend)
+        backend, server, messages = prepared
         if server is None:  # the statement no longer prepares (e.g. its table is gone)
             if not self._must_keep(backend.scanner.status, True):
                 self._release()
@@ -641,41 +629,48 @@ class ClientSession(asyncio.Protocol):
             self._reply(b"")
 
     async def _prepare_on_connection(
-        self, sql: bytes
-    ) -> tuple[ServerConnection, ServerStatement | None, list[Message]]:
-        """Prepare `sql` on the held connection, or on one acquired for it."""
+        self, sql: bytes, seq: int
+    ) -> tuple[ServerConnection, ServerStatement | None, list[Message]] | None:
+        """Prepare `sql` on the held connection, or on one acquired for it, and attach it.
+
+        Returns None when the client has been answered (an error) or is gone."""
         backend = self.backend
         acquired = None
-        if backend is None:
-            backend = acquired = await self._acquire()
         try:
+            if backend is None:
+                backend = acquired = await self._acquire()
             backend.detach()
             server, messages = await backend.prepare(sql)
-        except BaseException:
+        except errors.ClientError as exc:
+            self._reply(frame(seq, exc.payload()))
+            return None
+        except UpstreamError as exc:
+            if acquired is not None:
+                self.tier.pools.release(acquired)
+            self._reply(frame(seq, exc.raw))
+            return None
+        except BaseException as exc:
             if acquired is not None:  # held ones are dealt with by _close / upstream_lost
                 acquired.abort()
                 self.tier.pools.discard(acquired)
+            if isinstance(exc, ConnectionError | ProtocolError):
+                log.warning("client %s: preparing a statement upstream failed: %s", self.id, exc)
+                self._close()
+                return None
             raise
+        if self.state == CLOSED:
+            if acquired is not None:  # a held one was already dealt with by _close
+                self.tier.pools.release(acquired)
+            return None
+        self._attach(backend)
         return backend, server, messages
 
     async def _prepare(self, sql: bytes, last_seq: int) -> None:
         """COM_STMT_PREPARE: prepare on a connection, answer with a client statement id."""
-        try:
-            backend, server, messages = await self._prepare_on_connection(sql)
-        except errors.ClientError as exc:
-            self._reply(frame(last_seq + 1, exc.payload()))
+        prepared = await self._prepare_on_connection(sql, last_seq + 1)
+        if prepared is None:
             return
-        except UpstreamError as exc:
-            self._reply(frame(last_seq + 1, exc.raw))
-            return
-        except (ConnectionError, ProtocolError) as exc:
-            log.warning("client %s: preparing a statement upstream failed: %s", self.id, exc)
-            self._close()
-            return
-        if self.state == CLOSED:
-            self.tier.pools.release(backend)
-            return
-        self._attach(backend)
+        backend, server, messages = prepared
         out = []
         if server is None:
             out.append(frame(messages[0].seq, messages[0].payload))
