@@ -112,3 +112,26 @@ class TierThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def app_connection(tier: TierThread, sandbox: Sandbox, **kw: Any) -> Any:
+    """A PyMySQL connection through `tier` as the sandbox's app user (autocommit on)."""
+    import pymysql
+
+    params: dict[str, Any] = dict(
+        host="127.0.0.1",
+        port=tier.port,
+        user="app",
+        password=sandbox.users["app"].password,
+        database="app",
+        autocommit=True,
+    )
+    params.update(kw)
+    return pymysql.connect(**params)
+
+
+def scalar(conn: Any, sql: str, args: Any = None) -> Any:
+    """The first column of the first row of `sql`."""
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchone()[0]

@@ -13,25 +13,8 @@ import pytest
 from proxy.frontend import HANDSHAKE
 
 from .harness import TierThread, tier_config
-
-
-def app(tier, sb, **kw):
-    params = dict(
-        host="127.0.0.1",
-        port=tier.port,
-        user="app",
-        password=sb.users["app"].password,
-        database="app",
-        autocommit=True,
-    )
-    params.update(kw)
-    return pymysql.connect(**params)
-
-
-def value(conn, sql):
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        return cur.fetchone()[0]
+from .harness import app_connection as app
+from .harness import scalar as value
 
 
 class Background:

@@ -17,6 +17,8 @@ from proxy import sandbox as sandbox_mod
 from .asyncraw import AsyncRawClient
 from .conftest import short_tmp_dir
 from .harness import TierThread, tier_config
+from .harness import app_connection as app
+from .harness import scalar as one_value
 
 CAP = 10
 
@@ -47,19 +49,6 @@ def root(sb) -> pymysql.Connection:
         password=sb.users["root"].password,
         autocommit=True,
     )
-
-
-def app(tier: TierThread, sb, **kw) -> pymysql.Connection:
-    params = dict(
-        host="127.0.0.1",
-        port=tier.port,
-        user="app",
-        password=sb.users["app"].password,
-        database="app",
-        autocommit=True,
-    )
-    params.update(kw)
-    return pymysql.connect(**params)
 
 
 class ConnectionSampler:
@@ -228,12 +217,6 @@ def pair(small_db):
         yield tier, a, b
         a.close()
         b.close()
-
-
-def one_value(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchone()[0]
 
 
 def test_session_variables_follow_each_client(pair):
@@ -577,8 +560,9 @@ def test_multi_statement_mode_set_by_one_client_never_reaches_another(small_db):
 
 
 def test_min_idle_keeps_connections_ready_within_the_cap(small_db):
-    config = tier_config(small_db, pool={"max_connections": 4, "min_idle": 3,
-                                         "acquire_timeout": "5s"})
+    config = tier_config(
+        small_db, pool={"max_connections": 4, "min_idle": 3, "acquire_timeout": "5s"}
+    )
     with TierThread(config) as tier:
         conn = app(tier, small_db)  # the pool exists once a client has used it
         one_value(conn, "SELECT 1")

@@ -13,6 +13,8 @@ import pytest
 from proxy.config import parse_config
 
 from .harness import TierThread, tier_config
+from .harness import app_connection as connect
+from .harness import scalar as value
 from .rawclient import RawClient
 from .test_multiplexing import ConnectionSampler, small_db  # noqa: F401  (module fixture)
 
@@ -46,25 +48,6 @@ def chain(small_db):  # noqa: F811
     for tier in locals_:
         tier.stop()
     remote.stop()
-
-
-def connect(tier: TierThread, sb, **kw) -> pymysql.Connection:
-    params = dict(
-        host="127.0.0.1",
-        port=tier.port,
-        user="app",
-        password=sb.users["app"].password,
-        database="app",
-        autocommit=True,
-    )
-    params.update(kw)
-    return pymysql.connect(**params)
-
-
-def value(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchone()[0]
 
 
 def test_queries_errors_and_transactions_pass_through_both_tiers(chain, small_db):  # noqa: F811
