@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import ctl
 from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("sluice")
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     demo.set_defaults(func=cmd_demo)
+
+    ctl.add_parser(sub)
     return parser
 
 

@@ -410,8 +410,8 @@ def test_status_describes_sessions_pools_and_servers(admin_tier, sandbox):
 def test_unknown_paths_are_404_and_other_methods_405(admin_tier):
     status, _, body = http_get(admin_tier, "/nope")
     assert status == 404
-    assert "/metrics" in json.loads(body)["endpoints"]
-    assert http_get(admin_tier, "/pause", method="POST")[0] == 404  # not there yet
+    assert {"/metrics", "/pause", "/resume"} <= set(json.loads(body)["endpoints"])
+    assert http_get(admin_tier, "/pause", method="POST")[0] == 401  # a control: token needed
     status, headers, _ = http_get(admin_tier, "/metrics", method="POST")
     assert status == 405
     assert headers["Allow"] == "GET, HEAD"

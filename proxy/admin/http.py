@@ -2,8 +2,8 @@
 
 A deliberately small HTTP/1.1 server on asyncio streams (admin traffic is a few requests a
 second at most; latency does not matter here, simplicity does): one request per connection,
-answered with `Connection: close`. Only GET exists for now; the POST controls (pause, resume,
-switchover) come with the write gate.
+answered with `Connection: close`. GET reads state; POST /pause and /resume drive the write
+gate and need `admin.token` (sent as `Authorization: Bearer TOKEN`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import json
 import logging
 import time
@@ -199,6 +200,7 @@ class HttpAdmin:
             "/status": self._status,
             "/metrics": self._metrics,
         }
+        self._controls = {"/pause": self._pause, "/resume": self._resume}
 
     async def start(self, address: Address) -> None:
         if address.kind == "unix":
@@ -238,7 +240,11 @@ class HttpAdmin:
             else:
                 method, path = _request_line(head)
                 head_only = method == "HEAD"
-                response = await self._respond(method, path)
+                headers = _headers(head)
+                length = int(headers.get("content-length", "0") or 0)
+                if 0 < length <= MAX_HEADER_BYTES:
+                    await reader.readexactly(length)  # controls take no body: read and ignore
+                response = await self._respond(method, path, headers)
             writer.write(response.encode(head_only))
             await writer.drain()
         except (ConnectionError, OSError):
@@ -248,13 +254,29 @@ class HttpAdmin:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _respond(self, method: str | None, path: str) -> Response:
+    async def _respond(
+        self, method: str | None, path: str, headers: dict[str, str] | None = None
+    ) -> Response:
         if method is None:
             return Response.json(400, {"error": "malformed HTTP request line"})
+        control = self._controls.get(path)
+        if control is not None:
+            if method != "POST":
+                return Response.json(
+                    405, {"error": f"{method} is not allowed on {path}"}, {"Allow": "POST"}
+                )
+            refusal = self._authorize(headers or {})
+            if refusal is not None:
+                return refusal
+            return await control()
         handler = self._routes.get(path)
         if handler is None:
             return Response.json(
-                404, {"error": f"no such endpoint: {path}", "endpoints": sorted(self._routes)}
+                404,
+                {
+                    "error": f"no such endpoint: {path}",
+                    "endpoints": sorted([*self._routes, *self._controls]),
+                },
             )
         if method not in ("GET", "HEAD"):
             return Response.json(
@@ -265,6 +287,37 @@ class HttpAdmin:
         except Exception:
             log.exception("admin endpoint %s failed", path)
             return Response.json(500, {"error": f"{path} failed; see the sluice log"})
+
+    def _authorize(self, headers: dict[str, str]) -> Response | None:
+        token = self.tier.config.admin.token
+        if token is None:
+            return Response.json(
+                403, {"error": "POST controls are disabled: set admin.token in the config"}
+            )
+        given = headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+            return Response.json(
+                401,
+                {"error": "missing or wrong token: send Authorization: Bearer <admin.token>"},
+                {"WWW-Authenticate": "Bearer"},
+            )
+        return None
+
+    async def _pause(self) -> Response:
+        result = await self.tier.gate.pause()
+        return Response.json(
+            200,
+            {
+                "paused": True,
+                "drained_ms": round(result.drained_seconds * 1000),
+                "killed": result.killed,
+            },
+        )
+
+    async def _resume(self) -> Response:
+        paused = self.tier.gate.resume()
+        return Response.json(200, {"resumed": True, "paused_ms": round(paused * 1000)})
 
     async def _healthz(self) -> Response:
         return Response(200, b"ok\n")
@@ -291,6 +344,16 @@ def _request_line(head: bytes) -> tuple[str | None, str]:
     return parts[0].upper(), parts[1].split("?", 1)[0]
 
 
+def _headers(head: bytes) -> dict[str, str]:
+    """Header fields of a request head, names lowered."""
+    out = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.decode("latin-1").partition(":")
+        if sep:
+            out[name.strip().lower()] = value.strip()
+    return out
+
+
 def status(tier: Tier) -> dict[str, object]:
     """The /status document: one tier's sessions, pools and servers right now."""
     greeting = tier.upstream.greeting
@@ -298,6 +361,13 @@ def status(tier: Tier) -> dict[str, object]:
     return {
         "tier": tier.config.tier,
         "accepting": tier.accepting,
+        "gate": {
+            "paused": tier.gate.closed,
+            "waiting": tier.gate.queued,
+            "paused_ms": round((time.monotonic() - tier.gate.paused_at) * 1000)
+            if tier.gate.closed
+            else 0,
+        },
         "listen": tier.listen_addresses(),
         "admin": tier.admin_addresses(),
         "upstream": {

@@ -1,0 +1,133 @@
+"""`sluice ctl`: drive one tier or a fleet of tiers through their HTTP admin addresses.
+
+A pause is all or none: every tier is asked at once, and if one cannot be paused the others
+are resumed again and the command fails. A resume goes to every tier even when some fail, so
+that no tier is left paused by accident. Each answer is printed; the exit status says whether
+everything succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+TIMEOUT = 60.0  # a pause returns after its drain, which the tier bounds by pause.drain_timeout
+
+
+class ControlError(Exception):
+    pass
+
+
+def call(admin: str, method: str, path: str, token: str | None) -> dict:
+    """One request to a tier's admin HTTP address; the JSON answer or ControlError."""
+    request = urllib.request.Request(f"http://{admin}{path}", method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if method == "POST":
+        request.data = b""
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("error", exc.reason)
+        except (ValueError, AttributeError):
+            detail = exc.reason
+        raise ControlError(f"{admin}: HTTP {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ControlError(f"{admin}: cannot reach the admin endpoint ({reason})") from None
+
+
+def fan_out(admins: list[str], method: str, path: str, token: str | None) -> dict[str, object]:
+    """The same request to every tier at once: admin -> answer or ControlError."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(admins)) as pool:
+        futures = {admin: pool.submit(call, admin, method, path, token) for admin in admins}
+        results: dict[str, object] = {}
+        for admin, future in futures.items():
+            try:
+                results[admin] = future.result()
+            except ControlError as exc:
+                results[admin] = exc
+    return results
+
+
+def failures(results: dict[str, object]) -> list[ControlError]:
+    return [r for r in results.values() if isinstance(r, ControlError)]
+
+
+def status(admins: list[str], token: str | None) -> int:
+    results = fan_out(admins, "GET", "/status", token)
+    for admin, result in results.items():
+        if isinstance(result, ControlError):
+            print(f"{admin}: ERROR {result}")
+            continue
+        gate = result.get("gate", {})
+        sessions = result.get("sessions", {})
+        print(
+            f"{admin}: {result.get('tier')} tier, "
+            f"{'PAUSED' if gate.get('paused') else 'serving'}, "
+            f"sessions {sessions}, waiting {gate.get('waiting', 0)}"
+        )
+    return 1 if failures(results) else 0
+
+
+def pause(admins: list[str], token: str | None) -> int:
+    results = fan_out(admins, "POST", "/pause", token)
+    failed = failures(results)
+    for admin, result in results.items():
+        if not isinstance(result, ControlError):
+            print(
+                f"{admin}: paused (drained in {result['drained_ms']} ms, "
+                f"{result['killed']} transactions killed)"
+            )
+    if not failed:
+        return 0
+    for error in failed:
+        print(f"sluice ctl: pause failed: {error}", file=sys.stderr)
+    paused = [a for a, r in results.items() if not isinstance(r, ControlError)]
+    if paused:
+        print(
+            f"sluice ctl: resuming the {len(paused)} tiers already paused (all or none)",
+            file=sys.stderr,
+        )
+        for error in failures(fan_out(paused, "POST", "/resume", token)):
+            print(f"sluice ctl: resume failed too: {error}", file=sys.stderr)
+    return 1
+
+
+def resume(admins: list[str], token: str | None) -> int:
+    results = fan_out(admins, "POST", "/resume", token)
+    for admin, result in results.items():
+        if isinstance(result, ControlError):
+            print(f"sluice ctl: resume failed: {result}", file=sys.stderr)
+        else:
+            print(f"{admin}: resumed (paused for {result['paused_ms']} ms)")
+    return 1 if failures(results) else 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    ctl = sub.add_parser("ctl", help="status, pause or resume one tier or a fleet over HTTP")
+    ctl.add_argument(
+        "--admin",
+        action="append",
+        required=True,
+        metavar="HOST:PORT",
+        help="a tier's admin.http address (repeat for a fleet)",
+    )
+    ctl.add_argument(
+        "--token", default=None, help="admin.token of the tiers (default: $SLUICE_ADMIN_TOKEN)"
+    )
+    ctl.add_argument("action", choices=["status", "pause", "resume"])
+    ctl.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("SLUICE_ADMIN_TOKEN")
+    action = {"status": status, "pause": pause, "resume": resume}[args.action]
+    return action(args.admin, token)
