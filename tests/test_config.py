@@ -685,3 +685,11 @@ def test_minimal_config_round_trips_without_optional_sections() -> None:
     plain = config_to_dict(cfg, redact=False)
     assert "mysql" not in plain["admin"] and "monitor" not in plain["upstream"]
     assert parse_config(plain) == cfg
+
+
+@pytest.mark.parametrize("name", ["remote.yaml", "local.yaml"])
+def test_the_deploy_examples_are_valid_configs(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "deploy" / name)
+    assert cfg.tier == name.split(".")[0]
