@@ -47,6 +47,14 @@ def upstream_unreachable(server: str, address: str, reason: str) -> UpstreamUnre
     )
 
 
+def no_writer(problem: str) -> ClientError:
+    return ClientError(
+        ErrorCode.OPTION_PREVENTS_STATEMENT,
+        f"{problem}; sluice will not guess a primary: make one server writable and not "
+        "replicating, then RELOAD or restart the tier",
+    )
+
+
 def upstream_refused(server: str, user: str, detail: str) -> ClientError:
     return ClientError(
         ErrorCode.ACCESS_DENIED,

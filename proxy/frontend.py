@@ -1041,7 +1041,8 @@ class ClientSession(asyncio.Protocol):
         self.credential = credential
         self.user = credential.user
         home = self.tier.upstream.pick()
-        assert home is not None
+        if home is None:
+            raise errors.no_writer(self.tier.upstream.writer_problem or "no upstream is known")
         self.pool_key = PoolKey(
             home.name,
             credential.user,

@@ -18,6 +18,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from .config import Address, Config
+from .discovery import discover_writer
 from .frontend import BUSY, INFILE, ClientSession
 from .gate import Gate
 from .pool import PoolManager
@@ -103,10 +104,13 @@ class Tier:
             self._servers.append(server)
         self._janitor = loop.create_task(self._upkeep())
         log.info("%s tier listening on %s", self.config.tier, ", ".join(self.listen_addresses()))
+        monitor = self.config.upstream.monitor
+        if self.config.tier == "remote" and monitor is not None:
+            await discover_writer(self.upstream, monitor)
         await self._start_admin()
         try:
             greeting = await self.upstream.server_greeting()
-            log.info("upstream %s is %s", self.upstream.current.name, greeting.server_version)
+            log.info("upstream speaks %s", greeting.server_version)
         except Exception as exc:  # not fatal: clients get a clear error until it is reachable
             log.warning("upstream not reachable yet: %s", exc)
 

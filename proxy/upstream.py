@@ -49,8 +49,10 @@ class Upstream:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.servers = config.upstream.servers
-        # Writer discovery and switchover choose the target later; until then it is the first.
-        self.current: ServerConfig = self.servers[0]
+        # A remote tier with a monitor account replaces this by writer discovery at start;
+        # None means there is no clear writer, and statements are refused meanwhile.
+        self.current: ServerConfig | None = self.servers[0]
+        self.writer_problem: str | None = None
         self.greeting: Greeting | None = None
         self._probe_lock = asyncio.Lock()
         self._down_until: dict[str, float] = {}
@@ -69,7 +71,8 @@ class Upstream:
         upstreams are interchangeable remote tiers: sessions are spread over them in turn,
         skipping those that just refused a connection (unless all did)."""
         if self.config.tier != "local":
-            return None if self.current.name in exclude else self.current
+            current = self.current
+            return None if current is None or current.name in exclude else current
         now = time.monotonic()
         servers = [s for s in self.servers if s.name not in exclude]
         up = [s for s in servers if self._down_until.get(s.name, 0.0) <= now] or servers
@@ -98,7 +101,7 @@ class Upstream:
         return self.greeting
 
     async def _probe(self) -> Greeting:
-        server = self.current
+        server = self.current or self.servers[0]  # versions agree across a cluster
         conn = await self._open(server)
         try:
             msg = await asyncio.wait_for(conn.read_message(), self.connect_timeout)
@@ -138,6 +141,8 @@ class Upstream:
         a refused login becomes a sluice error that says the two user lists disagree.
         """
         server = server or self.current
+        if server is None:
+            raise errors.no_writer(self.writer_problem or "no writer is known")
         conn = await self._open(server)
         try:
             async with asyncio.timeout(self.connect_timeout):

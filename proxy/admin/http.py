@@ -116,7 +116,9 @@ class Readiness:
         """Where this tier's clients are served: a remote tier's current database server; any
         of a local tier's remote tiers (it spreads sessions over them)."""
         upstream = self.tier.upstream
-        return list(upstream.servers) if self.tier.config.tier == "local" else [upstream.current]
+        if self.tier.config.tier == "local":
+            return list(upstream.servers)
+        return [upstream.current] if upstream.current is not None else []
 
     def _pool_in_use(self) -> bool:
         names = {server.name for server in self._candidates()}
@@ -131,7 +133,10 @@ class Readiness:
     async def probe(self) -> str | None:
         """Connect to the upstream now: None if it (any of a local tier's) answered, else why
         not."""
-        problems = await asyncio.gather(*(self._probe(s) for s in self._candidates()))
+        candidates = self._candidates()
+        if not candidates:
+            return self.tier.upstream.writer_problem or "no upstream server is known"
+        problems = await asyncio.gather(*(self._probe(s) for s in candidates))
         if any(problem is None for problem in problems):
             return None
         return "; ".join(str(problem) for problem in problems)
@@ -371,7 +376,8 @@ def status(tier: Tier) -> dict[str, object]:
         "listen": tier.listen_addresses(),
         "admin": tier.admin_addresses(),
         "upstream": {
-            "current": tier.upstream.current.name,
+            "current": tier.upstream.current.name if tier.upstream.current else None,
+            "writer_problem": tier.upstream.writer_problem,
             "version": greeting.server_version if greeting is not None else None,
         },
         "sessions": {"total": sum(sessions.values()), "by_state": sessions},

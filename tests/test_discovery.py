@@ -1,0 +1,61 @@
+"""Writer discovery: the primary is found by asking, never taken from the config's order."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pymysql
+import pytest
+
+from proxy import sandbox as sandbox_mod
+
+from .harness import TierThread, app_connection, scalar, tier_config
+
+
+def monitor(sb) -> dict:
+    return {"user": sb.users["monitor"].name, "password": sb.users["monitor"].password}
+
+
+def test_a_remote_tier_finds_the_primary_whatever_the_config_order(sandbox):
+    servers = [
+        {"name": s.name, "address": f"{s.host}:{s.port}"} for s in reversed(sandbox.servers)
+    ]  # the replica first
+    config = tier_config(sandbox, upstream={"servers": servers, "monitor": monitor(sandbox)})
+    with TierThread(config) as tier:
+        assert tier.run(lambda: tier.tier.upstream.current.name) == sandbox.primary.name
+        conn = app_connection(tier, sandbox)
+        assert scalar(conn, "SELECT @@server_id") == sandbox.primary.server_id
+        conn.close()
+
+
+@pytest.fixture
+def two_replicas_only(sandbox):
+    """The primary made read-only for the test (as during a half-done switchover)."""
+    sandbox_mod.sql(sandbox.primary, "SET GLOBAL read_only = ON")
+    try:
+        yield sandbox
+    finally:
+        sandbox_mod.sql(sandbox.primary, "SET GLOBAL read_only = OFF")
+
+
+def test_no_clear_writer_means_a_clear_error_never_a_guess(two_replicas_only):
+    sb = two_replicas_only
+    servers = [{"name": s.name, "address": f"{s.host}:{s.port}"} for s in sb.servers]
+    config = tier_config(
+        sb, upstream={"servers": servers, "monitor": monitor(sb)}, admin={"http": "127.0.0.1:0"}
+    )
+    with TierThread(config) as tier:
+        assert tier.run(lambda: tier.tier.upstream.current) is None
+        with pytest.raises(pymysql.err.OperationalError) as info:
+            app_connection(tier, sb)
+        code, message = info.value.args
+        assert code == 1290
+        assert message.startswith("sluice: no clear writer among db1, db2")
+        assert "db1: read_only" in message and "db2: read_only, replicating" in message
+        address = tier.run(lambda: tier.tier.admin_addresses()["http"])
+        with pytest.raises(urllib.error.HTTPError) as ready:
+            urllib.request.urlopen(f"http://{address}/readyz", timeout=10)
+        assert ready.value.code == 503
+        assert "no clear writer" in json.loads(ready.value.read())["reason"]
