@@ -51,7 +51,7 @@ def no_writer(problem: str) -> ClientError:
     return ClientError(
         ErrorCode.OPTION_PREVENTS_STATEMENT,
         f"{problem}; sluice will not guess a primary: make one server writable and not "
-        "replicating, then RELOAD or restart the tier",
+        "replicating (sluice checks again every few seconds), then retry",
     )
 
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.tier")
 
 LISTEN_BACKLOG = 4096
+REDISCOVER_EVERY = 5.0
+"""Seconds between writer discovery attempts while there is no clear writer."""
 FIRST_SESSION_ID = 1_000_000_001
 """Client ids (the handshake's connection id) start far above the server thread ids a
 client may see from CONNECTION_ID(), so KILL can tell the two apart."""
@@ -131,12 +133,18 @@ class Tier:
 
     async def _upkeep(self) -> None:
         """Periodic upkeep (PgBouncer's janitor): expire idle and too old connections, keep
-        min_idle connections ready."""
+        min_idle connections ready, look for a writer while there is no clear one."""
+        rediscover_at = 0.0
         while True:
             await asyncio.sleep(1.0)
             try:
                 self.pools.expire_idle()
                 self.pools.top_up()
+                now = asyncio.get_running_loop().time()
+                monitor = self.config.upstream.monitor
+                if self.upstream.current is None and monitor is not None and now >= rediscover_at:
+                    rediscover_at = now + REDISCOVER_EVERY
+                    await discover_writer(self.upstream, monitor)
             except Exception:
                 log.exception("upkeep failed")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -59,3 +60,11 @@ def test_no_clear_writer_means_a_clear_error_never_a_guess(two_replicas_only):
             urllib.request.urlopen(f"http://{address}/readyz", timeout=10)
         assert ready.value.code == 503
         assert "no clear writer" in json.loads(ready.value.read())["reason"]
+        sandbox_mod.sql(sb.primary, "SET GLOBAL read_only = OFF")  # the cluster is fixed
+        deadline = time.monotonic() + 15
+        while tier.run(lambda: tier.tier.upstream.current) is None:
+            assert time.monotonic() < deadline, "the writer was not found again"
+            time.sleep(0.2)
+        conn = app_connection(tier, sb)  # found by itself: clients are served again
+        assert scalar(conn, "SELECT @@server_id") == sb.primary.server_id
+        conn.close()
