@@ -41,6 +41,15 @@ class ServerRole:
     def writer(self) -> bool:
         return self.problem is None and self.read_only is False and self.replicating is False
 
+    @property
+    def role(self) -> str:
+        """For SHOW SERVERS and /status: primary, replica, read_only or unreachable."""
+        if self.problem is not None:
+            return "unreachable"
+        if self.writer:
+            return "primary"
+        return "replica" if self.replicating else "read_only"
+
     def describe(self) -> str:
         if self.problem is not None:
             return f"{self.server.name}: {self.problem}"
@@ -85,6 +94,7 @@ async def probe(upstream: Upstream, server: ServerConfig, monitor: Credentials) 
 async def discover_writer(upstream: Upstream, monitor: Credentials) -> list[ServerRole]:
     """Ask every server at once; sets upstream.current (or None) and returns the answers."""
     roles = await asyncio.gather(*(probe(upstream, s, monitor) for s in upstream.servers))
+    upstream.roles = {r.server.name: r.role for r in roles}
     writers = [r for r in roles if r.writer]
     if len(writers) == 1:
         upstream.current = writers[0].server

@@ -53,6 +53,7 @@ class Upstream:
         # None means there is no clear writer, and statements are refused meanwhile.
         self.current: ServerConfig | None = self.servers[0]
         self.writer_problem: str | None = None
+        self.roles: dict[str, str] = {}  # what writer discovery last saw, by server name
         self.greeting: Greeting | None = None
         self._probe_lock = asyncio.Lock()
         self._down_until: dict[str, float] = {}

@@ -191,7 +191,8 @@ def test_show_servers_lists_every_upstream_server(admin_tier, sandbox):
         assert set(servers) == {s.name for s in sandbox.servers}
         primary = servers["db1"]
         assert primary["address"] == f"{sandbox.primary.host}:{sandbox.primary.port}"
-        assert primary["role"] == "unknown"  # writer discovery is not there yet
+        assert primary["role"] == "primary"  # as writer discovery found it
+        assert servers["db2"]["role"] == "replica"
         assert primary["limit"] == CAP
         assert 1 <= primary["open"] <= CAP
     finally:

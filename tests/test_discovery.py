@@ -26,6 +26,7 @@ def test_a_remote_tier_finds_the_primary_whatever_the_config_order(sandbox):
     config = tier_config(sandbox, upstream={"servers": servers, "monitor": monitor(sandbox)})
     with TierThread(config) as tier:
         assert tier.run(lambda: tier.tier.upstream.current.name) == sandbox.primary.name
+        assert tier.run(lambda: tier.tier.upstream.roles) == {"db1": "primary", "db2": "replica"}
         conn = app_connection(tier, sandbox)
         assert scalar(conn, "SELECT @@server_id") == sandbox.primary.server_id
         conn.close()

@@ -20,7 +20,7 @@ LIVE_STATES = tuple(name for i, name in enumerate(STATE_NAMES) if i != CLOSED)
 """Client session states worth reporting (a closed session leaves tier.sessions at once)."""
 
 ROLE_UNKNOWN = "unknown"
-"""Writer discovery (issue 5) is not there yet: sluice does not know which server is primary."""
+"""No writer discovery has asked this server (local tiers, or no upstream.monitor)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +113,7 @@ def server_rows(tier: Tier) -> list[ServerRow]:
             ServerRow(
                 name=server.name,
                 address=str(server.address),
-                role=ROLE_UNKNOWN,
+                role=tier.upstream.roles.get(server.name, ROLE_UNKNOWN),
                 open=slots.open if slots else 0,
                 opening=slots.opening if slots else 0,
                 limit=slots.limit if slots else 0,
