@@ -52,15 +52,16 @@ def tier(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield running
 
 
-@pytest.fixture
-def connect(sandbox: Sandbox, tier: TierThread):
-    """Open PyMySQL connections through the tier (closed after the test)."""
+@contextlib.contextmanager
+def pymysql_opener(sandbox: Sandbox, host: str, port: int) -> Iterator:
+    """A function opening PyMySQL connections as the app user to host:port; every
+    connection it opened is closed on exit."""
     opened = []
 
     def _connect(**kwargs):
         params = dict(
-            host="127.0.0.1",
-            port=tier.port,
+            host=host,
+            port=port,
             user="app",
             password=sandbox.users["app"].password,
             database="app",
@@ -71,7 +72,16 @@ def connect(sandbox: Sandbox, tier: TierThread):
         opened.append(conn)
         return conn
 
-    yield _connect
-    for conn in opened:
-        with contextlib.suppress(Exception):
-            conn.close()
+    try:
+        yield _connect
+    finally:
+        for conn in opened:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+@pytest.fixture
+def connect(sandbox: Sandbox, tier: TierThread):
+    """Open PyMySQL connections through the tier (closed after the test)."""
+    with pymysql_opener(sandbox, "127.0.0.1", tier.port) as opener:
+        yield opener

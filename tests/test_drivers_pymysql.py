@@ -6,7 +6,6 @@ Each test uses its own tables (uuid-suffixed) so tests stay independent; where t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import pymysql
 import pytest
 from pymysql.constants import CLIENT
 
+from .conftest import pymysql_opener
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -30,26 +31,8 @@ def unique(prefix: str) -> str:
 @pytest.fixture
 def direct(sandbox):
     """Open PyMySQL connections straight to the sandbox primary (closed after the test)."""
-    opened = []
-
-    def _connect(**kwargs):
-        params = dict(
-            host=sandbox.primary.host,
-            port=sandbox.primary.port,
-            user="app",
-            password=sandbox.users["app"].password,
-            database="app",
-            max_allowed_packet=64 << 20,
-        )
-        params.update(kwargs)
-        conn = pymysql.connect(**params)
-        opened.append(conn)
-        return conn
-
-    yield _connect
-    for conn in opened:
-        with contextlib.suppress(Exception):
-            conn.close()
+    with pymysql_opener(sandbox, sandbox.primary.host, sandbox.primary.port) as opener:
+        yield opener
 
 
 @pytest.fixture
