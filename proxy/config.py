@@ -281,6 +281,18 @@ class PauseConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SwitchoverConfig:
+    """Planned switchover: its bounds, and the other remote tiers that switch together."""
+
+    peers: tuple[Address, ...] = ()  # admin.http of the other remote tiers of this cluster
+    max_lag: float = 10.0  # preflight: the candidate may be at most this far behind
+    catch_up_timeout: float = 30.0  # before pausing: the candidate must reach the primary
+    promote_timeout: float = 5.0  # while paused: the candidate must apply the last writes
+    lock_wait_timeout: float = 2.0  # read_only on the old primary waits this long for writes
+    peer_timeout: float = 10.0  # one HTTP call to a peer (a pause drains within it)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """Logging level and output format."""
 
@@ -301,6 +313,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
     pause: PauseConfig = PauseConfig()
+    switchover: SwitchoverConfig = SwitchoverConfig()
 
     def user(self, name: str) -> UserConfig | None:
         """The client account called ``name`` (case-sensitive, as in MySQL), if any."""
@@ -637,6 +650,35 @@ def _parse_pause(value: object) -> PauseConfig:
     )
 
 
+def _parse_switchover(value: object) -> SwitchoverConfig:
+    keys = (
+        "catch_up_timeout",
+        "lock_wait_timeout",
+        "max_lag",
+        "peer_timeout",
+        "peers",
+        "promote_timeout",
+    )
+    section = _section(value, "switchover", keys)
+    d = SwitchoverConfig()
+    listed = section.get("peers", [])
+    if listed != []:
+        listed = _list(listed, "switchover.peers", "admin.http addresses of the other remote tiers")
+    peers = tuple(parse_address(item, f"switchover.peers[{i}]") for i, item in enumerate(listed))
+
+    def seconds(key: str, *, positive: bool = True) -> float:
+        return _timeout(section.get(key, getattr(d, key)), f"switchover.{key}", positive=positive)
+
+    return SwitchoverConfig(
+        peers=peers,
+        max_lag=seconds("max_lag", positive=False),
+        catch_up_timeout=seconds("catch_up_timeout"),
+        promote_timeout=seconds("promote_timeout"),
+        lock_wait_timeout=seconds("lock_wait_timeout"),
+        peer_timeout=seconds("peer_timeout"),
+    )
+
+
 def _parse_log(value: object) -> LogConfig:
     section = _section(value, "log", ("format", "level"))
     d = LogConfig()
@@ -648,7 +690,18 @@ def _parse_log(value: object) -> LogConfig:
     )
 
 
-_TOP_LEVEL = ("admin", "limits", "listen", "log", "pause", "pool", "tier", "upstream", "users")
+_TOP_LEVEL = (
+    "admin",
+    "limits",
+    "listen",
+    "log",
+    "pause",
+    "pool",
+    "switchover",
+    "tier",
+    "upstream",
+    "users",
+)
 
 
 def parse_config(
@@ -689,6 +742,7 @@ def _parse_config(data: object, allow_zero_port: bool) -> Config:
         limits=_parse_limits(section.get("limits", {})),
         log=_parse_log(section.get("log", {})),
         pause=_parse_pause(section.get("pause", {})),
+        switchover=_parse_switchover(section.get("switchover", {})),
     )
 
 
@@ -820,5 +874,13 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
             "drain_timeout": cfg.pause.drain_timeout,
             "max_pause": cfg.pause.max_pause,
             "max_queued": cfg.pause.max_queued,
+        },
+        "switchover": {
+            "peers": [str(address) for address in cfg.switchover.peers],
+            "max_lag": cfg.switchover.max_lag,
+            "catch_up_timeout": cfg.switchover.catch_up_timeout,
+            "promote_timeout": cfg.switchover.promote_timeout,
+            "lock_wait_timeout": cfg.switchover.lock_wait_timeout,
+            "peer_timeout": cfg.switchover.peer_timeout,
         },
     }

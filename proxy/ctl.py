@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 TIMEOUT = 60.0  # a pause returns after its drain, which the tier bounds by pause.drain_timeout
@@ -23,7 +24,7 @@ class ControlError(Exception):
     pass
 
 
-def call(admin: str, method: str, path: str, token: str | None) -> dict:
+def call(admin: str, method: str, path: str, token: str | None, timeout: float = TIMEOUT) -> dict:
     """One request to a tier's admin HTTP address; the JSON answer or ControlError."""
     request = urllib.request.Request(f"http://{admin}{path}", method=method)
     if token:
@@ -31,7 +32,7 @@ def call(admin: str, method: str, path: str, token: str | None) -> dict:
     if method == "POST":
         request.data = b""
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
@@ -111,8 +112,50 @@ def resume(admins: list[str], token: str | None) -> int:
     return 1 if failures(results) else 0
 
 
+SWITCHOVER_TIMEOUT = 300.0
+"""A switchover's answer comes when it is over (catch-up, pause, promotion, repointing)."""
+
+
+def switchover(admins: list[str], token: str | None, target: str) -> int:
+    """The first tier runs it and drives the others as its peers (all paused or none)."""
+    first, peers = admins[0], admins[1:]
+    query = urllib.parse.urlencode([("to", target), *(("peer", p) for p in peers)])
+    try:
+        record = call(first, "POST", f"/switchover?{query}", token, SWITCHOVER_TIMEOUT)
+    except ControlError as exc:
+        print(f"sluice ctl: {exc}", file=sys.stderr)
+        return 1
+    _print_switchover(record)
+    return 0
+
+
+def _print_switchover(record: dict) -> None:
+    print(
+        f"switchover {record['id']}: {record['from']} -> {record['to']} {record['outcome']} "
+        f"in {record['total_ms']:.0f} ms; clients paused {record['pause_ms']:.0f} ms"
+    )
+    for step in record.get("steps", []):
+        mark = "ok" if step["ok"] else "FAILED"
+        print(f"  {step['step']:<20} {step['ms']:>8.1f} ms  {mark}  {step['detail']}")
+    for warning in record.get("warnings", []):
+        print(f"  warning: {warning}")
+
+
+def retarget(admins: list[str], token: str | None, target: str) -> int:
+    query = urllib.parse.urlencode({"to": target})
+    results = fan_out(admins, "POST", f"/retarget?{query}", token)
+    for admin, result in results.items():
+        if isinstance(result, ControlError):
+            print(f"sluice ctl: retarget failed: {result}", file=sys.stderr)
+        else:
+            print(f"{admin}: new work goes to {result['current']} (was {result['was']})")
+    return 1 if failures(results) else 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    ctl = sub.add_parser("ctl", help="status, pause or resume one tier or a fleet over HTTP")
+    ctl = sub.add_parser(
+        "ctl", help="status, pause, resume, switchover or retarget one tier or a fleet over HTTP"
+    )
     ctl.add_argument(
         "--admin",
         action="append",
@@ -123,11 +166,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ctl.add_argument(
         "--token", default=None, help="admin.token of the tiers (default: $SLUICE_ADMIN_TOKEN)"
     )
-    ctl.add_argument("action", choices=["status", "pause", "resume"])
+    ctl.add_argument("action", choices=["status", "pause", "resume", "switchover", "retarget"])
+    ctl.add_argument(
+        "--to",
+        metavar="SERVER",
+        help="switchover/retarget: the server to make the primary (its name or address)",
+    )
     ctl.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("SLUICE_ADMIN_TOKEN")
+    if args.action in ("switchover", "retarget"):
+        if not args.to:
+            print(f"sluice ctl: {args.action} needs --to SERVER", file=sys.stderr)
+            return 2
+        return (switchover if args.action == "switchover" else retarget)(args.admin, token, args.to)
     action = {"status": status, "pause": pause, "resume": resume}[args.action]
     return action(args.admin, token)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import errors
-from .backend import UpstreamError
+from .backend import ServerConnection, UpstreamError
+from .dialect import Dialect, DialectError, for_version
 from .protocol.auth import stage1
 from .protocol.codec import ProtocolError
 from .users import Credential
@@ -63,51 +64,74 @@ class ServerRole:
         return f"{self.server.name}: {', '.join(what)}"
 
 
+async def monitor_connection(
+    upstream: Upstream, server: ServerConfig, monitor: Credentials, purpose: str
+) -> ServerConnection:
+    """A connection to a database server with the monitor account, for sluice's own SQL."""
+    return await upstream.connect(
+        Credential(monitor.user, stage1(monitor.password) if monitor.password else b""),
+        0,
+        database=None,
+        charset=45,  # utf8mb4
+        max_packet=1 << 24,
+        attributes={"program_name": f"sluice-{purpose}"},
+        server=server,
+    )
+
+
+def dialect_of(conn: ServerConnection) -> Dialect:
+    assert conn.greeting is not None
+    return for_version(conn.greeting.server_version)
+
+
 async def probe(upstream: Upstream, server: ServerConfig, monitor: Credentials) -> ServerRole:
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
-            conn = await upstream.connect(
-                Credential(monitor.user, stage1(monitor.password) if monitor.password else b""),
-                0,
-                database=None,
-                charset=45,
-                max_packet=1 << 24,
-                attributes={"program_name": "sluice-discovery"},
-                server=server,
-            )
+            conn = await monitor_connection(upstream, server, monitor, "discovery")
             try:
-                read_only = (await conn.query("SELECT @@global.read_only")).rows[0][0]
-                replicas = await conn.query("SHOW ALL SLAVES STATUS")
+                dialect = dialect_of(conn)
+                read_only = (await conn.query("SELECT @@GLOBAL.read_only")).rows[0][0]
+                replicas = await conn.query(dialect.replica_status_query)
             finally:
                 conn.close()
     except TimeoutError:
         return ServerRole(server, problem=f"no answer within {PROBE_TIMEOUT:g}s")
     except errors.ClientError as exc:
         return ServerRole(server, problem=exc.message)
-    except (UpstreamError, ProtocolError, ConnectionError, OSError) as exc:
+    except (UpstreamError, ProtocolError, ConnectionError, OSError, DialectError) as exc:
         return ServerRole(server, problem=str(exc))
     return ServerRole(
-        server, read_only=read_only not in ("0", "OFF"), replicating=bool(replicas.rows)
+        server, read_only=dialect.is_read_only(read_only), replicating=bool(replicas.rows)
     )
 
 
-async def discover_writer(upstream: Upstream, monitor: Credentials) -> list[ServerRole]:
-    """Ask every server at once; sets upstream.current (or None) and returns the answers."""
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """What one round of writer discovery found."""
+
+    roles: list[ServerRole]
+
+    @property
+    def writer(self) -> ServerConfig | None:
+        """The one writable server that does not replicate, if there is exactly one."""
+        writers = [r.server for r in self.roles if r.writer]
+        return writers[0] if len(writers) == 1 else None
+
+    def demoted(self, server: ServerConfig) -> bool:
+        """Whether `server` answered and is no longer a writer (unreachable is not proof)."""
+        role = next((r for r in self.roles if r.server == server), None)
+        return role is not None and role.problem is None and not role.writer
+
+    def describe(self) -> str:
+        return "; ".join(r.describe() for r in self.roles)
+
+    def problem(self) -> str:
+        names = ", ".join(r.server.name for r in self.roles)
+        return f"no clear writer among {names} ({self.describe()})"
+
+
+async def discover_writer(upstream: Upstream, monitor: Credentials) -> Discovery:
+    """Ask every server at once (the tier decides what to do with the answers)."""
     roles = await asyncio.gather(*(probe(upstream, s, monitor) for s in upstream.servers))
     upstream.roles = {r.server.name: r.role for r in roles}
-    writers = [r for r in roles if r.writer]
-    if len(writers) == 1:
-        upstream.current = writers[0].server
-        upstream.writer_problem = None
-        log.info("writer discovery: %s", "; ".join(r.describe() for r in roles))
-    else:
-        upstream.current = None
-        upstream.writer_problem = (
-            f"no clear writer among {', '.join(s.name for s in upstream.servers)} "
-            f"({'; '.join(r.describe() for r in roles)})"
-        )
-        log.error(
-            "writer discovery: %s; statements are refused until one is found",
-            upstream.writer_problem,
-        )
-    return list(roles)
+    return Discovery(list(roles))

@@ -321,6 +321,33 @@ class ClientSession(asyncio.Protocol):
         backend.abort()
         self.tier.pools.discard(backend)
 
+    def leave_server(self, server: str) -> None:
+        """`server` is no longer the writer (switchover): give back a connection held there.
+
+        Called with the gate closed and drained, so nothing runs on it. A pinned session's
+        state lives only on that connection and cannot follow: the client is told at its
+        next command, and the session ends."""
+        backend = self.backend
+        if backend is None or backend.server_name != server or backend.pool_key is None:
+            return
+        if self.state in (BUSY, INFILE) and not self._gated:
+            return  # still running (a drain that timed out is killing it): it ends by itself
+        if self._diagnostics_hold is not None:
+            self._diagnostics_hold.cancel()
+            self._diagnostics_hold = None
+        self._hold = 0
+        if self.pinned:
+            self._fatal = errors.ClientError(
+                errors.ErrorCode.CONNECTION_KILLED,
+                f"this session was pinned ({self.pinned}) to a connection on {server}, which a "
+                "switchover made a replica; its session state cannot move: reconnect",
+            )
+            self.backend = None
+            backend.detach()
+            self.tier.pools.discard(backend)
+            return
+        self._release()
+
     def _end_diagnostics_hold(self) -> None:
         self._diagnostics_hold = None
         backend = self.backend
@@ -737,8 +764,15 @@ class ClientSession(asyncio.Protocol):
         If the session's upstream refuses connections, a local tier moves the session to
         another of its remote tiers (its state replays there like anywhere else)."""
         upstream = self.tier.upstream
+        remote = self.tier.config.tier == "remote"
         tried: set[str] = set()
         while True:
+            assert self.pool_key is not None
+            if remote and self.pool_key.server != getattr(upstream.current, "name", None):
+                # The writer moved (switchover) or is unknown: follow it, or say why not.
+                if upstream.current is None:
+                    raise errors.no_writer(upstream.writer_problem or "no writer is known")
+                self.pool_key = dataclasses.replace(self.pool_key, server=upstream.current.name)
             try:
                 conn = await self._acquire_here()
             except errors.UpstreamUnreachable as exc:
@@ -749,6 +783,9 @@ class ClientSession(asyncio.Protocol):
                 if other is None:
                     raise
                 self.pool_key = dataclasses.replace(self.pool_key, server=other.name)
+                continue
+            if conn.pool_key.server != self.pool_key.server:  # retargeted while we waited
+                self.tier.pools.release(conn)
                 continue
             if not gated or not self.tier.gate.closed or self._inside_work():
                 return conn

@@ -95,11 +95,21 @@ class Pool:
 class ServerSlots:
     """The hard cap of one upstream server, its FIFO waiters and connect-rate budget."""
 
-    __slots__ = ("_tokens", "_tokens_at", "config", "limit", "open", "opening", "waiters")
+    __slots__ = (
+        "_tokens",
+        "_tokens_at",
+        "config",
+        "limit",
+        "open",
+        "opening",
+        "retired",
+        "waiters",
+    )
 
     def __init__(self, config: ServerConfig, limit: int) -> None:
         self.config = config
         self.limit = limit
+        self.retired = False  # no longer the writer: its connections close as they come back
         self.open = 0
         self.opening = 0
         self.waiters: collections.deque[Waiter] = collections.deque()
@@ -318,7 +328,7 @@ class PoolManager:
             self._closed(conn)
             return
         slots = self.servers[key.server]
-        if slots.open > slots.limit:  # the cap was lowered by a reload
+        if slots.open > slots.limit or slots.retired:  # a lowered cap, or a switchover
             self._close(conn)
             return
         waiter = self._first_waiter(slots)
@@ -427,7 +437,8 @@ class PoolManager:
         for pool in self.pools.values():
             slots = self.servers[pool.key.server]
             while (
-                pool.opener is not None
+                not slots.retired
+                and pool.opener is not None
                 and len(pool.idle) + pool.warming < want
                 and slots.used < slots.limit
                 and not slots.waiters
@@ -460,6 +471,21 @@ class PoolManager:
                     excess -= 1
             while slots.used < slots.limit and self._first_waiter(slots) is not None:
                 self._wake_next(slots)  # a higher cap: waiters may open now
+
+    def retire(self, server: str) -> None:
+        """`server` stopped being the writer: close its idle connections now and its busy
+        ones when they are released."""
+        slots = self.servers[server]
+        slots.retired = True
+        for pool in self.pools.values():
+            if pool.key.server == server:
+                for conn in pool.idle:
+                    self._close(conn)
+                pool.idle.clear()
+
+    def reinstate(self, server: str) -> None:
+        """`server` is the writer (again): its pools may keep connections."""
+        self.servers[server].retired = False
 
     def close_all(self) -> None:
         for task in list(self._tasks):

@@ -8,6 +8,7 @@ config's `tier` only says what kind of server the upstream is.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -17,7 +18,7 @@ import socket
 import stat
 from typing import TYPE_CHECKING
 
-from .config import Address, Config
+from .config import Address, Config, ServerConfig
 from .discovery import discover_writer
 from .frontend import BUSY, INFILE, ClientSession
 from .gate import Gate
@@ -27,12 +28,14 @@ from .users import UserDirectory
 
 if TYPE_CHECKING:
     from .admin import AdminServers
+    from .switchover import Switchover
 
 log = logging.getLogger("sluice.tier")
 
 LISTEN_BACKLOG = 4096
-REDISCOVER_EVERY = 5.0
-"""Seconds between writer discovery attempts while there is no clear writer."""
+CHECK_WRITER_EVERY = 5.0
+"""Seconds between writer checks: the primary may be moved by someone other than sluice."""
+SWITCHOVER_HISTORY = 20
 FIRST_SESSION_ID = 1_000_000_001
 """Client ids (the handshake's connection id) start far above the server thread ids a
 client may see from CONNECTION_ID(), so KILL can tell the two apart."""
@@ -57,6 +60,10 @@ class Tier:
         self._next_id = FIRST_SESSION_ID - 1
         self._unix_paths: list[str] = []
         self.admin: AdminServers | None = None
+        self.switchover: Switchover | None = None  # the one running on this tier, if any
+        self.switchovers: collections.deque[Switchover] = collections.deque(
+            maxlen=SWITCHOVER_HISTORY
+        )  # the last ones this tier ran, newest last
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -106,9 +113,9 @@ class Tier:
             self._servers.append(server)
         self._janitor = loop.create_task(self._upkeep())
         log.info("%s tier listening on %s", self.config.tier, ", ".join(self.listen_addresses()))
-        monitor = self.config.upstream.monitor
-        if self.config.tier == "remote" and monitor is not None:
-            await discover_writer(self.upstream, monitor)
+        if self.config.tier == "remote" and self.config.upstream.monitor is not None:
+            self.upstream.current = None  # found by asking the servers, never by config order
+            await self.check_writer()
         await self._start_admin()
         try:
             greeting = await self.upstream.server_greeting()
@@ -133,20 +140,76 @@ class Tier:
 
     async def _upkeep(self) -> None:
         """Periodic upkeep (PgBouncer's janitor): expire idle and too old connections, keep
-        min_idle connections ready, look for a writer while there is no clear one."""
-        rediscover_at = 0.0
+        min_idle connections ready, check which server is the writer."""
+        check_at = asyncio.get_running_loop().time() + CHECK_WRITER_EVERY
         while True:
             await asyncio.sleep(1.0)
             try:
                 self.pools.expire_idle()
                 self.pools.top_up()
                 now = asyncio.get_running_loop().time()
-                monitor = self.config.upstream.monitor
-                if self.upstream.current is None and monitor is not None and now >= rediscover_at:
-                    rediscover_at = now + REDISCOVER_EVERY
-                    await discover_writer(self.upstream, monitor)
+                if self.config.tier == "remote" and now >= check_at:
+                    check_at = now + CHECK_WRITER_EVERY
+                    await self.check_writer()
             except Exception:
                 log.exception("upkeep failed")
+
+    # --- the writer -------------------------------------------------------------------------
+
+    async def check_writer(self) -> None:
+        """Ask the servers which one is the writer and follow the answer.
+
+        A different clear writer is followed (someone moved the primary without sluice); a
+        current writer that answered as read-only or replicating is dropped (statements then
+        get a clear error rather than the server's 1290); one that did not answer is kept,
+        since its pooled connections will report their own failures. Nothing changes while
+        the gate is closed: a switchover moves the writer itself."""
+        monitor = self.config.upstream.monitor
+        if monitor is None or self.gate.closed or self.switchover is not None:
+            return
+        found = await discover_writer(self.upstream, monitor)
+        if self.gate.closed or self.switchover is not None:
+            return
+        current = self.upstream.current
+        writer = found.writer
+        if writer is not None:
+            if writer != current:
+                if current is None:
+                    log.info(
+                        "writer discovery: %s is the primary (%s)", writer.name, found.describe()
+                    )
+                else:
+                    log.warning(
+                        "the primary moved from %s to %s without sluice (%s): following it",
+                        current.name,
+                        writer.name,
+                        found.describe(),
+                    )
+                self.retarget(writer)
+            return
+        if current is not None and not found.demoted(current):
+            return
+        problem = found.problem()
+        if problem != self.upstream.writer_problem:
+            log.error("writer discovery: %s; statements are refused until one is found", problem)
+        self.retarget(None, problem)
+
+    def retarget(self, server: ServerConfig | None, problem: str | None = None) -> None:
+        """Send new work to `server` from now on (None: refuse it, saying `problem`).
+
+        Idle connections to the old writer close at once, busy ones as they come back; a
+        session pinned to one loses its session (it cannot move) and is told why."""
+        old = self.upstream.current
+        self.upstream.current = server
+        self.upstream.writer_problem = None if server is not None else problem
+        if server is not None:
+            self.pools.reinstate(server.name)
+        if old is None or old == server:
+            return
+        self.pools.retire(old.name)
+        for session in list(self.sessions.values()):
+            session.leave_server(old.name)
+        log.info("new work goes to %s (was %s)", server.name if server else "nobody", old.name)
 
     def reload(self, config: Config) -> list[str]:
         """Apply a new config to the running tier; returns the sections that need a restart.

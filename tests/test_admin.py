@@ -236,7 +236,7 @@ def test_kill_client_of_an_unknown_id_is_an_error(admin_tier):
 
 
 def test_unknown_command_lists_the_commands_there_are(admin_tier):
-    for sql in ("SHOW DATABASES", "SWITCHOVER TO 'db2'", "KILL 5", "SELECT * FROM pools"):
+    for sql in ("SHOW DATABASES", "SWITCH TO 'db2'", "KILL 5", "SELECT * FROM pools"):
         with pytest.raises(pymysql.err.MySQLError) as error:
             query(admin_tier, sql)
         code, message = error.value.args
@@ -250,6 +250,8 @@ def test_unknown_command_lists_the_commands_there_are(admin_tier):
             "RELOAD",
             "PAUSE",
             "RESUME",
+            "SWITCHOVER TO",
+            "SHOW SWITCHOVERS",
         ):
             assert command in message
 

@@ -15,13 +15,14 @@ import hmac
 import json
 import logging
 import time
+import urllib.parse
 from typing import TYPE_CHECKING
 
 from .. import errors
 from ..backend import UpstreamError
 from ..protocol.auth import stage1
 from ..users import Credential
-from . import metrics, views
+from . import control, metrics, views
 
 if TYPE_CHECKING:
     from ..config import Address, ServerConfig
@@ -205,7 +206,12 @@ class HttpAdmin:
             "/status": self._status,
             "/metrics": self._metrics,
         }
-        self._controls = {"/pause": self._pause, "/resume": self._resume}
+        self._controls = {
+            "/pause": self._pause,
+            "/resume": self._resume,
+            "/switchover": self._switchover,
+            "/retarget": self._retarget,
+        }
 
     async def start(self, address: Address) -> None:
         if address.kind == "unix":
@@ -243,13 +249,13 @@ class HttpAdmin:
             except asyncio.IncompleteReadError:
                 return  # the client went away
             else:
-                method, path = _request_line(head)
+                method, path, query = _request_line(head)
                 head_only = method == "HEAD"
                 headers = _headers(head)
                 length = int(headers.get("content-length", "0") or 0)
                 if 0 < length <= MAX_HEADER_BYTES:
                     await reader.readexactly(length)  # controls take no body: read and ignore
-                response = await self._respond(method, path, headers)
+                response = await self._respond(method, path, headers, query)
             writer.write(response.encode(head_only))
             await writer.drain()
         except (ConnectionError, OSError):
@@ -260,7 +266,11 @@ class HttpAdmin:
                 await writer.wait_closed()
 
     async def _respond(
-        self, method: str | None, path: str, headers: dict[str, str] | None = None
+        self,
+        method: str | None,
+        path: str,
+        headers: dict[str, str] | None = None,
+        query: dict[str, list[str]] | None = None,
     ) -> Response:
         if method is None:
             return Response.json(400, {"error": "malformed HTTP request line"})
@@ -273,7 +283,11 @@ class HttpAdmin:
             refusal = self._authorize(headers or {})
             if refusal is not None:
                 return refusal
-            return await control()
+            try:
+                return await control(query or {})
+            except Exception:
+                log.exception("admin control %s failed", path)
+                return Response.json(500, {"error": f"{path} failed; see the sluice log"})
         handler = self._routes.get(path)
         if handler is None:
             return Response.json(
@@ -309,7 +323,7 @@ class HttpAdmin:
             )
         return None
 
-    async def _pause(self) -> Response:
+    async def _pause(self, query: dict[str, list[str]]) -> Response:
         result = await self.tier.gate.pause()
         return Response.json(
             200,
@@ -320,9 +334,31 @@ class HttpAdmin:
             },
         )
 
-    async def _resume(self) -> Response:
-        paused = self.tier.gate.resume()
+    async def _resume(self, query: dict[str, list[str]]) -> Response:
+        try:
+            paused = control.resume(self.tier)
+        except control.ControlRefused as exc:
+            return Response.json(409, {"error": str(exc)})
         return Response.json(200, {"resumed": True, "paused_ms": round(paused * 1000)})
+
+    async def _switchover(self, query: dict[str, list[str]]) -> Response:
+        target = query.get("to", [""])[-1]
+        if not target:
+            return Response.json(400, {"error": "say which server: POST /switchover?to=NAME"})
+        record, error = await control.switchover(self.tier, target, query.get("peer", []))
+        answer = record.as_dict() if record is not None else {"outcome": "refused"}
+        if error is not None:
+            answer["error"] = error
+            return Response.json(409, answer)
+        return Response.json(200, answer)
+
+    async def _retarget(self, query: dict[str, list[str]]) -> Response:
+        target = query.get("to", [""])[-1]
+        try:
+            was, now = control.retarget(self.tier, target)
+        except control.ControlRefused as exc:
+            return Response.json(409, {"error": str(exc)})
+        return Response.json(200, {"retargeted": True, "was": was, "current": now})
 
     async def _healthz(self) -> Response:
         return Response(200, b"ok\n")
@@ -340,13 +376,14 @@ class HttpAdmin:
         return Response(200, metrics.render(self.registry), metrics.CONTENT_TYPE)
 
 
-def _request_line(head: bytes) -> tuple[str | None, str]:
-    """(method, path without query string), or (None, "") when the line is not HTTP."""
+def _request_line(head: bytes) -> tuple[str | None, str, dict[str, list[str]]]:
+    """(method, path, query parameters), or (None, "", {}) when the line is not HTTP."""
     line = head.split(b"\r\n", 1)[0].decode("latin-1")
     parts = line.split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/") or not parts[0].isalpha():
-        return None, ""
-    return parts[0].upper(), parts[1].split("?", 1)[0]
+        return None, "", {}
+    path, _, query = parts[1].partition("?")
+    return parts[0].upper(), path, urllib.parse.parse_qs(query)
 
 
 def _headers(head: bytes) -> dict[str, str]:
@@ -388,4 +425,8 @@ def status(tier: Tier) -> dict[str, object]:
         "auth_failures": tier.auth_failures,
         "pools": [dataclasses.asdict(row) for row in views.pool_rows(tier)],
         "servers": [dataclasses.asdict(row) for row in views.server_rows(tier)],
+        "switchover": {
+            "running": tier.switchover.as_dict() if tier.switchover is not None else None,
+            "recent": [record.as_dict() for record in reversed(tier.switchovers)],
+        },
     }

@@ -30,13 +30,14 @@ from mysql_mimic import (
 from mysql_mimic.errors import ErrorCode, MysqlError
 
 from ..config import ConfigError, load_config
-from . import views
+from . import control, views
 
 if TYPE_CHECKING:
     from mysql_mimic.connection import Connection
     from sqlglot import expressions as exp
 
     from ..config import Address
+    from ..switchover import Switchover
     from ..tier import Tier
 
 log = logging.getLogger("sluice.admin.sql")
@@ -46,17 +47,22 @@ COMMANDS = (
     "SHOW CLIENTS",
     "SHOW SERVERS",
     "SHOW CONFIG",
+    "SHOW SWITCHOVERS",
     "KILL CLIENT <id>",
     "RELOAD",
     "PAUSE",
     "RESUME",
+    "SWITCHOVER TO '<server>'",
+    "RETARGET TO '<server>'",
 )
 ER_NO_SUCH_THREAD = 1094
 ER_UNKNOWN_ERROR = 1105
 
 _COMMAND_RE = re.compile(
-    r"\s*(?:SHOW\s+(?P<show>POOLS|CLIENTS|SERVERS|CONFIG)|KILL\s+CLIENT\s+(?P<kill>\d+)"
-    r"|(?P<reload>RELOAD)|(?P<pause>PAUSE)|(?P<resume>RESUME))\s*;?\s*",
+    r"\s*(?:SHOW\s+(?P<show>POOLS|CLIENTS|SERVERS|CONFIG|SWITCHOVERS)"
+    r"|KILL\s+CLIENT\s+(?P<kill>\d+)|(?P<reload>RELOAD)|(?P<pause>PAUSE)|(?P<resume>RESUME)"
+    r"|SWITCHOVER\s+TO\s+(?P<switchover>'[^']+'|`[^`]+`|\w[\w.-]*)"
+    r"|RETARGET\s+TO\s+(?P<retarget>'[^']+'|`[^`]+`|\w[\w.-]*))\s*;?\s*",
     re.IGNORECASE,
 )
 _DRIVER_SETUP_RE = re.compile(r"\s*(?:SET|SELECT)\b", re.IGNORECASE)
@@ -94,6 +100,19 @@ CONFIG_COLUMNS = _columns(("key", _TEXT), ("value", _TEXT))
 RELOAD_COLUMNS = _columns(("reloaded", _TEXT), ("needs_restart", _TEXT))
 PAUSE_COLUMNS = _columns(("paused", _TEXT), ("drained_ms", _INT), ("killed", _INT))
 RESUME_COLUMNS = _columns(("resumed", _TEXT), ("paused_ms", _INT))
+SWITCHOVER_COLUMNS = _columns(
+    ("id", _INT),
+    ("started_at", _TEXT),
+    ("from", _TEXT),
+    ("to", _TEXT),
+    ("outcome", _TEXT),
+    ("pause_ms", _INT),
+    ("total_ms", _INT),
+    ("steps", _TEXT),
+    ("error", _TEXT),
+    ("warnings", _TEXT),
+)
+RETARGET_COLUMNS = _columns(("was", _TEXT), ("current", _TEXT))
 
 
 def unknown_command(sql: str) -> MysqlError:
@@ -142,6 +161,8 @@ class AdminSession(Session):
             "reload": self._reload,
             "pause": self._pause,
             "resume": self._resume,
+            "switchover": self._switchover,
+            "retarget": self._retarget,
         }
 
     async def init(self, connection: Connection) -> None:
@@ -184,6 +205,11 @@ class AdminSession(Session):
         if what == "SERVERS":
             rows = [(r.name, r.address, r.role, r.open, r.limit) for r in views.server_rows(tier)]
             return rows, SERVER_COLUMNS
+        if what == "SWITCHOVERS":
+            running = [tier.switchover] if tier.switchover is not None else []
+            return [
+                _switchover_row(s) for s in [*running, *reversed(tier.switchovers)]
+            ], SWITCHOVER_COLUMNS
         return list(views.config_rows(tier)), CONFIG_COLUMNS
 
     async def _kill_client(self, match: re.Match[str]) -> AllowedResult:
@@ -228,8 +254,46 @@ class AdminSession(Session):
         return [("yes", round(result.drained_seconds * 1000), result.killed)], PAUSE_COLUMNS
 
     async def _resume(self, match: re.Match[str]) -> AllowedResult:
-        paused = self.tier.gate.resume()
+        try:
+            paused = control.resume(self.tier)
+        except control.ControlRefused as exc:
+            raise MysqlError(str(exc), ER_UNKNOWN_ERROR) from None  # type: ignore[arg-type]
         return [("yes", round(paused * 1000))], RESUME_COLUMNS
+
+    async def _switchover(self, match: re.Match[str]) -> AllowedResult:
+        """Returns when the switchover is over: its record, or an error saying why not."""
+        record, error = await control.switchover(self.tier, _name(match["switchover"]), [])
+        if error is not None:
+            raise MysqlError(error, ER_UNKNOWN_ERROR)  # type: ignore[arg-type]
+        assert record is not None
+        return [_switchover_row(record)], SWITCHOVER_COLUMNS
+
+    async def _retarget(self, match: re.Match[str]) -> AllowedResult:
+        try:
+            was, now = control.retarget(self.tier, _name(match["retarget"]))
+        except control.ControlRefused as exc:
+            raise MysqlError(str(exc), ER_UNKNOWN_ERROR) from None  # type: ignore[arg-type]
+        return [(was, now)], RETARGET_COLUMNS
+
+
+def _name(quoted: str) -> str:
+    return quoted[1:-1] if quoted[:1] in ("'", "`") else quoted
+
+
+def _switchover_row(run: Switchover) -> tuple[object, ...]:
+    record = run.as_dict()
+    return (
+        record["id"],
+        record["started_at"],
+        record["from"],
+        record["to"],
+        record["outcome"],
+        None if run.pause_ms is None else round(run.pause_ms),
+        None if run.total_ms is None else round(run.total_ms),
+        run.steps_summary(),
+        run.error,
+        "; ".join(run.warnings) or None,
+    )
 
 
 class SqlAdmin:
