@@ -4,15 +4,19 @@ before the promotion aborts cleanly and says why."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
+import aiomysql
 import pymysql
 import pytest
 
+from proxy import ctl
 from proxy import sandbox as sandbox_mod
 from proxy.sandbox import Sandbox
 
@@ -157,3 +161,144 @@ def test_switchover_moves_the_primary_and_back(cluster):
             ("db2", "db1", "done"),
         ][::-1]
         client.close()
+
+
+# --- the whole story: a fleet under load ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fleet(sb: Sandbox, *, local_tiers: int = 2) -> Iterator[tuple[list, list]]:
+    """Two remote tiers in front of the cluster, each other's peers only through `sluice ctl`
+    (which names them all), and local tiers spreading their sessions over both."""
+    remotes = [TierThread(remote_config(sb)).start() for _ in range(2)]
+    servers = [
+        {"name": f"remote{i + 1}", "address": f"127.0.0.1:{r.port}"} for i, r in enumerate(remotes)
+    ]
+    locals_ = [
+        TierThread(
+            tier_config(
+                sb,
+                tier="local",
+                upstream={"servers": servers},
+                pool={"max_connections": 24, "acquire_timeout": "30s"},
+            )
+        ).start()
+        for _ in range(local_tiers)
+    ]
+    try:
+        yield remotes, locals_
+    finally:
+        for tier in [*locals_, *remotes]:
+            tier.stop()
+
+
+def admin_http(tier: TierThread) -> str:
+    return tier.run(lambda: tier.tier.admin_addresses()["http"])
+
+
+class Writers:
+    """Clients writing rows as fast as they can through the local tiers: autocommit inserts
+    and two-row transactions. Records every acknowledged row, every error and the longest
+    wait for one statement."""
+
+    def __init__(self, sb: Sandbox, tiers: list[TierThread], clients: int) -> None:
+        self.sb = sb
+        self.ports = [t.port for t in tiers]
+        self.clients = clients
+        self.acknowledged: set[int] = set()
+        self.errors: list[str] = []
+        self.longest = 0.0
+        self.statements = 0
+        self._stop = asyncio.Event()
+
+    async def run(self, started: asyncio.Event) -> None:
+        ready = 0
+
+        async def client(n: int) -> None:
+            nonlocal ready
+            conn = await aiomysql.connect(
+                host="127.0.0.1",
+                port=self.ports[n % len(self.ports)],
+                user="app",
+                password=self.sb.users["app"].password,
+                db="app",
+                autocommit=True,
+            )
+            ready += 1
+            if ready == self.clients:
+                started.set()
+            next_id = n * 1_000_000
+            try:
+                while not self._stop.is_set():
+                    next_id += 2
+                    began = time.monotonic()
+                    try:
+                        async with conn.cursor() as cur:
+                            if next_id % 10 == 0:
+                                await conn.begin()
+                                await cur.execute("INSERT INTO t VALUES (%s, 'tx')", (next_id,))
+                                await cur.execute("INSERT INTO t VALUES (%s, 'tx')", (next_id + 1,))
+                                await conn.commit()
+                                self.acknowledged.update((next_id, next_id + 1))
+                            else:
+                                await cur.execute("INSERT INTO t VALUES (%s, 'ac')", (next_id,))
+                                self.acknowledged.add(next_id)
+                    except Exception as exc:  # every one is a failure of the test
+                        self.errors.append(f"client {n}: {exc!r}")
+                        return
+                    self.statements += 1
+                    self.longest = max(self.longest, time.monotonic() - began)
+                    await asyncio.sleep(0.005)
+            finally:
+                conn.close()
+
+        await asyncio.gather(*(client(n) for n in range(self.clients)))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def test_switchovers_under_load_lose_nothing_and_show_no_errors(cluster):
+    sb = cluster
+    with fleet(sb) as (remotes, locals_):
+        admins = [admin_http(r) for r in remotes]
+        writers = Writers(sb, locals_, clients=220)
+        started = asyncio.Event()
+        load = asyncio.ensure_future(writers.run(started))
+        await asyncio.wait_for(started.wait(), 60)
+        records = []
+        for target in ("db2", "db1", "db3", "db1"):
+            await asyncio.sleep(0.5)
+            before = writers.statements
+            assert await asyncio.to_thread(ctl.switchover, admins, TOKEN, target) == 0
+            records.append(await asyncio.to_thread(last_record, remotes[0]))
+            await asyncio.sleep(0.3)
+            assert writers.statements > before, "writes stopped"
+            assert not writers.errors, writers.errors[:5]
+        await asyncio.sleep(0.5)
+        writers.stop()
+        await asyncio.wait_for(load, 60)
+
+        assert not writers.errors, writers.errors[:5]
+        for record in records:
+            assert record["outcome"] == "done" and not record["warnings"], record
+            assert record["peers"] == [admins[1]]
+        for remote in remotes:  # both tiers of the fleet follow
+            assert remote.run(lambda r=remote: r.tier.upstream.current.name) == "db1"
+        # Every acknowledged write is on the final primary, and on the replicas behind it.
+        wait_following(sb, "db1")
+        caught_up(sb, "db1")
+        for server in sb.servers:
+            rows = sandbox_mod.sql(server, "SELECT id FROM app.t")
+            missing = writers.acknowledged - {int(r[0]) for r in rows}
+            assert not missing, f"{server.name} lacks {len(missing)} acknowledged rows"
+        pauses = [r["pause_ms"] for r in records]
+        print(
+            f"\n{writers.clients} clients, {writers.statements} statements, "
+            f"{len(writers.acknowledged)} rows acknowledged, 0 errors; switchover pauses "
+            f"{pauses} ms; longest client-visible stall {writers.longest * 1000:.0f} ms"
+        )
+
+
+def last_record(tier: TierThread) -> dict:
+    return tier.run(lambda: tier.tier.switchovers[-1].as_dict())
