@@ -334,7 +334,7 @@ class Switchover:
                 raise SwitchoverFailed(
                     f"{target.name} did not catch up with {source.name} within "
                     f"switchover.catch_up_timeout ({timeout:g}s; it must reach {position}); "
-                    "nothing was changed: retry when it keeps up, or raise the timeout"
+                    "retry when it keeps up, or raise the timeout"
                 )
             step.detail = f"reached {position}"
 
@@ -359,7 +359,7 @@ class Switchover:
                 await self._resume_fleet()
                 raise SwitchoverFailed(
                     "; ".join(problems)
-                    + " (all or none: every tier was resumed, nothing was changed)"
+                    + " (all or none: every tier was resumed)"
                 )
             own = results[0]
             step.detail = (

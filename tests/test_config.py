@@ -267,6 +267,13 @@ BAD_VALUES = [
     ),
     ("upstream.connect_timeout", "0s", "upstream.connect_timeout", "> 0"),
     ("upstream.conect_timeout", 1, "upstream.conect_timeout", "did you mean 'connect_timeout'"),
+    ("switchover.peers", ["127.0.0.1:9033"], None, None),  # fine: control row
+    ("switchover.peers", [], None, None),  # fine: no peers
+    ("switchover.peers", ["nowhere"], "switchover.peers[0]", "expected an address"),
+    ("switchover.peers", "127.0.0.1:9033", "switchover.peers", "non-empty list"),
+    ("switchover.max_lag", "soon", "switchover.max_lag", "expected a duration"),
+    ("switchover.promote_timeout", 0, "switchover.promote_timeout", "> 0"),
+    ("switchover.catchup_timeout", 1, "switchover.catchup_timeout", "did you mean"),
 ]
 
 

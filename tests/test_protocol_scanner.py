@@ -241,8 +241,10 @@ def test_state_changes_are_collected_and_stripped_for_clients_without_tracking()
     from proxy.protocol.messages import strip_session_state
 
     state = b"\x00" + lenenc_bytes(lenenc_bytes(b"time_zone") + lenenc_bytes(b"+01:00"))
-    ok = ok_payload(AUTOCOMMIT | Status.SESSION_STATE_CHANGED) + lenenc_bytes(b"") + (
-        lenenc_bytes(state)
+    ok = (
+        ok_payload(AUTOCOMMIT | Status.SESSION_STATE_CHANGED)
+        + lenenc_bytes(b"")
+        + (lenenc_bytes(state))
     )
     data = packets([ok])
     stripped = strip_session_state(ok)

@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +23,7 @@ import pytest
 from proxy import ctl
 from proxy import sandbox as sandbox_mod
 from proxy.sandbox import Sandbox
+from proxy.switchover import Switchover
 
 from .conftest import short_tmp_dir
 from .harness import TierThread, app_connection, scalar, tier_config
@@ -302,3 +307,212 @@ async def test_switchovers_under_load_lose_nothing_and_show_no_errors(cluster):
 
 def last_record(tier: TierThread) -> dict:
     return tier.run(lambda: tier.tier.switchovers[-1].as_dict())
+
+
+# --- failures abort cleanly ---------------------------------------------------------------------
+
+
+class Background:
+    """A few PyMySQL clients writing through a tier on threads while a test breaks things."""
+
+    def __init__(self, sb: Sandbox, tier: TierThread, clients: int = 4) -> None:
+        self.conns = [app_connection(tier, sb) for _ in range(clients)]  # before any pause
+        self.acknowledged: list[int] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._write, args=(n, c), daemon=True)
+            for n, c in enumerate(self.conns)
+        ]
+
+    def _write(self, n: int, conn) -> None:
+        row = 10_000 + n * 100_000
+        while not self._stop.is_set():
+            row += 1
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO t VALUES (%s, 'bg')", (row,))
+            except Exception as exc:
+                self.errors.append(repr(exc))
+                return
+            self.acknowledged.append(row)
+            time.sleep(0.01)
+
+    def __enter__(self) -> Background:
+        for thread in self._threads:
+            thread.start()
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        for conn in self.conns:
+            conn.close()
+
+    def check(self, sb: Sandbox, primary: str) -> None:
+        """No client error, and every acknowledged row is on `primary`."""
+        assert not self.errors, self.errors[:3]
+        assert self.acknowledged, "nothing was written"
+        rows = sandbox_mod.sql(sb.server(primary), "SELECT id FROM app.t")
+        assert set(self.acknowledged) <= {int(r[0]) for r in rows}
+
+
+def assert_untouched(sb: Sandbox, tier: TierThread) -> None:
+    """db1 is still the writable primary that the tier uses, and the tier is not paused."""
+    assert not read_only(sb, "db1")
+    assert tier.run(lambda: tier.tier.upstream.current.name) == "db1"
+    assert tier.run(lambda: tier.tier.gate.closed) is False
+    assert replication_source(sb, "db2") == f"{sb.server('db1').host}:{sb.server('db1').port}"
+
+
+def test_a_candidate_that_cannot_catch_up_aborts_before_any_pause(cluster):
+    sb = cluster
+    config = remote_config(sb, switchover={"catch_up_timeout": "1s"})
+    with TierThread(config) as tier, Background(sb, tier) as load:
+        db2 = sb.server("db2")
+        blocker = pymysql.connect(
+            unix_socket=db2.socket, user="root", password=sb.users["root"].password
+        )
+        try:
+            blocker.cursor().execute("FLUSH TABLES WITH READ LOCK")  # db2 cannot apply
+            time.sleep(0.1)
+            status, answer = http_post(tier, "/switchover?to=db2")
+        finally:
+            blocker.close()
+        assert status == 409, answer
+        assert answer["outcome"] == "aborted"
+        assert "did not catch up with db1 within switchover.catch_up_timeout (1s" in answer["error"]
+        assert "nothing was changed: db1 is still the primary" in answer["error"]
+        assert [s["step"] for s in answer["steps"]] == ["preflight", "catch_up"]  # no pause
+        time.sleep(0.2)
+        assert_untouched(sb, tier)
+    load.check(sb, "db1")
+
+
+def test_a_peer_that_cannot_be_paused_aborts_and_resumes_everyone(cluster):
+    sb = cluster
+    hung = socket.socket()  # accepts connections (the kernel does) and never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    peer = f"127.0.0.1:{hung.getsockname()[1]}"
+    config = remote_config(sb, switchover={"peers": [peer], "peer_timeout": "1s"})
+    try:
+        with TierThread(config) as tier, Background(sb, tier) as load:
+            [record] = admin_sql(tier, "SHOW SWITCHOVERS") or [None]
+            assert record is None
+            with pytest.raises(pymysql.err.OperationalError) as info:
+                admin_sql(tier, "SWITCHOVER TO 'db2'")
+            message = info.value.args[1]
+            assert message.startswith("sluice: switchover to db2:")
+            assert f"peer {peer} could not be paused" in message
+            assert "every tier was resumed); nothing was changed: db1 is still the" in message
+            [record] = admin_sql(tier, "SHOW SWITCHOVERS")
+            assert record["outcome"] == "aborted"
+            assert "pause" in record["steps"] and "demote" not in record["steps"]
+            time.sleep(0.2)
+            assert_untouched(sb, tier)
+        load.check(sb, "db1")
+    finally:
+        hung.close()
+
+
+def test_a_candidate_that_dies_mid_switchover_is_undone(cluster, monkeypatch):
+    """The candidate is killed (SIGKILL, a real crash) right after the old primary went
+    read-only: the demotion is undone and traffic resumes on the old primary."""
+    sb = cluster
+    victim = sb.server("db2")
+    original = Switchover._wait_for
+
+    async def crash_first(self, target, position):
+        os.kill(victim.pid, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        return await original(self, target, position)
+
+    monkeypatch.setattr(Switchover, "_wait_for", crash_first)
+    with TierThread(remote_config(sb)) as tier, Background(sb, tier) as load:
+        status, answer = http_post(tier, "/switchover?to=db2")
+        assert status == 409, answer
+        assert answer["outcome"] == "aborted", answer
+        assert "wait_for_candidate failed" in answer["error"]
+        assert "db1 is still the primary and traffic resumed" in answer["error"]
+        steps = {s["step"]: s for s in answer["steps"]}
+        assert steps["undo"]["ok"] and "make db1 writable again" in steps["undo"]["detail"]
+        assert steps["resume"]["ok"]
+        time.sleep(0.3)
+        assert not read_only(sb, "db1")
+        assert tier.run(lambda: tier.tier.upstream.current.name) == "db1"
+    load.check(sb, "db1")
+
+
+def test_a_session_pinned_to_the_old_primary_is_told_to_reconnect(cluster):
+    sb = cluster
+    with TierThread(remote_config(sb)) as tier:
+        pinned = app_connection(tier, sb)
+        with pinned.cursor() as cur:
+            cur.execute("SET @mine = 1")  # user variables pin the session to its connection
+        plain = app_connection(tier, sb)
+        [record] = admin_sql(tier, "SWITCHOVER TO 'db2'")
+        assert record["outcome"] == "done"
+        assert scalar(plain, "SELECT @@server_id") == 2
+        with pytest.raises(pymysql.err.OperationalError) as info:
+            scalar(pinned, "SELECT @mine")
+        code, message = info.value.args
+        assert code == 1927
+        assert message.startswith("sluice: this session was pinned (user_variable)")
+        assert "reconnect" in message
+        again = app_connection(tier, sb)
+        assert scalar(again, "SELECT @@server_id") == 2
+        for conn in (plain, again):
+            conn.close()
+
+
+# --- an external orchestrator moves the primary --------------------------------------------------
+
+
+def move_primary_by_hand(sb: Sandbox, old: str, new: str) -> None:
+    """What an orchestrator does, without sluice: demote, promote, repoint."""
+    source = sb.server(old)
+    sandbox_mod.sql(source, "SET GLOBAL read_only = ON")
+    position = sandbox_mod.sql(source, "SELECT @@GLOBAL.gtid_binlog_pos")[0][0]
+    target = sb.server(new)
+    assert sandbox_mod.sql(target, f"SELECT MASTER_GTID_WAIT('{position}', 10)") == [["0"]]
+    sandbox_mod.sql(target, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF")
+
+
+def test_orchestrator_hooks_pause_then_retarget_and_resume(cluster):
+    """deploy/hooks: pause before the orchestrator's takeover, retarget and resume after."""
+    sb = cluster
+    with TierThread(remote_config(sb)) as tier:
+        client = app_connection(tier, sb)
+        admin = admin_http(tier)
+        assert ctl.pause([admin], TOKEN) == 0
+        move_primary_by_hand(sb, "db1", "db2")
+        # The hook may name the new primary by its address, as orchestrators do.
+        db2 = sb.server("db2")
+        assert ctl.retarget([admin], TOKEN, f"{db2.host}:{db2.port}") == 0
+        assert ctl.resume([admin], TOKEN) == 0
+        assert scalar(client, "SELECT @@server_id") == 2
+        with client.cursor() as cur:
+            cur.execute("INSERT INTO t VALUES (7, 'hooked')")
+        assert ctl.retarget([admin], TOKEN, "db9") == 1  # unknown: refused, nothing changes
+        assert tier.run(lambda: tier.tier.upstream.current.name) == "db2"
+        status, answer = http_post(tier, "/retarget?to=db9")
+        assert status == 409 and "this tier's servers are db1" in answer["error"]
+        client.close()
+
+
+def test_a_primary_moved_without_sluice_is_followed_by_the_writer_check(cluster):
+    sb = cluster
+    with TierThread(remote_config(sb)) as tier:
+        client = app_connection(tier, sb)
+        move_primary_by_hand(sb, "db1", "db2")
+        deadline = time.monotonic() + 15  # checked every 5 s
+        while tier.run(lambda: tier.tier.upstream.current.name) != "db2":
+            assert time.monotonic() < deadline, "the tier did not follow the new primary"
+            time.sleep(0.2)
+        with client.cursor() as cur:
+            cur.execute("INSERT INTO t VALUES (8, 'followed')")
+        assert scalar(client, "SELECT @@server_id") == 2
+        client.close()
