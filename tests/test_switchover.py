@@ -10,11 +10,14 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiomysql
 import pymysql
@@ -481,18 +484,31 @@ def move_primary_by_hand(sb: Sandbox, old: str, new: str) -> None:
     sandbox_mod.sql(target, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF")
 
 
+def run_hook(name: str, admin: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SLUICE_ADMINS=admin, SLUICE_ADMIN_TOKEN=TOKEN)
+    env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"  # the venv's sluice
+    hook = Path(__file__).parent.parent / "deploy" / "hooks" / name
+    return subprocess.run(
+        [str(hook), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def test_orchestrator_hooks_pause_then_retarget_and_resume(cluster):
     """deploy/hooks: pause before the orchestrator's takeover, retarget and resume after."""
     sb = cluster
     with TierThread(remote_config(sb)) as tier:
         client = app_connection(tier, sb)
         admin = admin_http(tier)
-        assert ctl.pause([admin], TOKEN) == 0
+        pre = run_hook("sluice-pre-takeover", admin)
+        assert pre.returncode == 0, pre.stderr
+        assert tier.run(lambda: tier.tier.gate.closed)
         move_primary_by_hand(sb, "db1", "db2")
         # The hook may name the new primary by its address, as orchestrators do.
         db2 = sb.server("db2")
-        assert ctl.retarget([admin], TOKEN, f"{db2.host}:{db2.port}") == 0
-        assert ctl.resume([admin], TOKEN) == 0
+        post = run_hook("sluice-post-takeover", admin, f"{db2.host}:{db2.port}")
+        assert post.returncode == 0, post.stderr
+        assert "new work goes to db2 (was db1)" in post.stdout
+        assert not tier.run(lambda: tier.tier.gate.closed)
         assert scalar(client, "SELECT @@server_id") == 2
         with client.cursor() as cur:
             cur.execute("INSERT INTO t VALUES (7, 'hooked')")
