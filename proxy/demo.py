@@ -3,10 +3,12 @@
 A sandbox MariaDB cluster starts with a small connection limit, one remote tier starts in front
 of it, and several local tiers (one per pretend app host, on unix sockets) in front of that. A
 crowd of app connections, far more than the database allows, writes and reads through the
-local tiers for a few seconds. The report shows each tier's connection counts as sampled
-while the load ran, and every acknowledged write is read back from the database at the end,
-so "lost writes" is measured, not assumed. The app clients speak the MySQL protocol with
-sluice's own client code (no test-only drivers needed), over real sockets.
+local tiers for a few seconds; halfway through, the remote tier switches the primary over to
+the replica (the same code as the admin command `SWITCHOVER TO 'db2'`). The report shows each
+tier's connection counts as sampled while the load ran and the switchover's pause, and every
+acknowledged write is read back from the final primary at the end, so "lost writes" is
+measured, not assumed. The app clients speak the MySQL protocol with sluice's own client code
+(no test-only drivers needed), over real sockets.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sandbox
+from .admin import control
 from .backend import ServerConnection, UpstreamError, open_connection
 from .config import Address, Config, parse_config
 from .protocol.auth import stage1
 from .protocol.constants import Capability
+from .switchover import Switchover
 from .tier import Tier
 from .users import Credential
 
@@ -59,7 +63,7 @@ class Tally:
 class Peaks:
     """Connection counts sampled while the load runs."""
 
-    database: int = 0
+    database: int = 0  # the most any one database server had
     remote_to_db: int = 0
     local_to_remote: list[int] = field(default_factory=list)
     app_per_local: list[int] = field(default_factory=list)
@@ -100,7 +104,7 @@ async def app_client(
 
 
 async def sample(
-    monitor: ServerConnection,
+    monitors: list[ServerConnection],
     remote: Tier,
     local: list[Tier],
     peaks: Peaks,
@@ -110,9 +114,11 @@ async def sample(
     peaks.local_to_remote = [0] * len(local)
     peaks.app_per_local = [0] * len(local)
     while not stop.is_set():
-        result = await monitor.query("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
-        peaks.database = max(peaks.database, int(result.rows[0][1] or 0))
-        peaks.remote_to_db = max(peaks.remote_to_db, remote.pools.servers["db1"].used)
+        for monitor in monitors:
+            result = await monitor.query("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+            peaks.database = max(peaks.database, int(result.rows[0][1] or 0))
+        to_db = sum(slots.used for slots in remote.pools.servers.values())
+        peaks.remote_to_db = max(peaks.remote_to_db, to_db)
         for i, tier in enumerate(local):
             peaks.local_to_remote[i] = max(
                 peaks.local_to_remote[i], tier.pools.servers["remote1"].used
@@ -143,17 +149,28 @@ async def run_demo(
 
 def _config(tier: str, listen: list[str], servers: list[dict], cap: int, sb) -> Config:
     app = sb.users["app"]
+    upstream: dict[str, object] = {"servers": servers}
+    if tier == "remote":  # the accounts writer discovery and the switchover use
+        for key, user in (("monitor", "monitor"), ("replication", "repl")):
+            upstream[key] = {"user": sb.users[user].name, "password": sb.users[user].password}
     return parse_config(
         {
             "tier": tier,
             "listen": listen,
             "users": [{"name": app.name, "password": app.password}],
-            "upstream": {"servers": servers},
+            "upstream": upstream,
             "pool": {"max_connections": cap, "acquire_timeout": "30s"},
             "log": {"level": "warning"},
         },
         allow_zero_port=True,
     )
+
+
+async def switch_over_midway(remote: Tier, target: str, after: float) -> Switchover | str:
+    """The SRE's button, pressed while the crowd writes: the record, or why it failed."""
+    await asyncio.sleep(after)
+    record, error = await control.switchover(remote, target, [])
+    return error if error is not None or record is None else record
 
 
 async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, hosts: int) -> int:
@@ -166,9 +183,12 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
         "CREATE TABLE IF NOT EXISTS sluice_demo.events (id BIGINT PRIMARY KEY, "
         "client INT, payload VARCHAR(255)) ENGINE=InnoDB",
     )
-    monitor = await open_connection("db1", Address("tcp", primary.host, primary.port), 10)
-    await monitor.login(Credential(root.name, stage1(root.password)), CLIENT_CAPS)
-    limit = int((await monitor.query("SELECT @@max_connections")).rows[0][0] or 0)
+    monitors = []
+    for server in sb.servers:
+        monitor = await open_connection(server.name, Address("tcp", server.host, server.port), 10)
+        await monitor.login(Credential(root.name, stage1(root.password)), CLIENT_CAPS)
+        monitors.append(monitor)
+    limit = int((await monitors[0].query("SELECT @@max_connections")).rows[0][0] or 0)
 
     remote = Tier(
         _config(
@@ -201,7 +221,7 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
 
     stop = asyncio.Event()
     peaks = Peaks()
-    sampler = asyncio.create_task(sample(monitor, remote, local, peaks, stop))
+    sampler = asyncio.create_task(sample(monitors, remote, local, peaks, stop))
     credential = local[0].users.credential(app.name)
     assert credential is not None
     tally = Tally()
@@ -209,12 +229,15 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
     loop = asyncio.get_running_loop()
     started = loop.time()
     until = started + seconds
+    target = sb.replicas[0].name
+    switchover = asyncio.create_task(switch_over_midway(remote, target, seconds / 2))
     await asyncio.gather(
         *(
             app_client(n, local[n % hosts].bound_address(0), credential, until, tally)
             for n in range(1, clients + 1)
         )
     )
+    switched = await switchover
     elapsed = loop.time() - started
     stop.set()
     await sampler
@@ -222,10 +245,15 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
         await tier.stop()
     await remote.stop()
 
-    stored = await monitor.query("SELECT id FROM sluice_demo.events")
+    # Read back from the primary the writes ended on.
+    final = next(m for m, s in zip(monitors, sb.servers, strict=True) if s.name == target)
+    if not isinstance(switched, Switchover):
+        final = monitors[0]
+    stored = await final.query("SELECT id FROM sluice_demo.events")
     present = {int(row[0]) for row in stored.rows}
     lost = [k for k in tally.acknowledged if k not in present]
-    monitor.close()
+    for monitor in monitors:
+        monitor.close()
 
     lat = sorted(tally.latencies) or [0.0]
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
@@ -253,10 +281,22 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
         f"  write+read latency         p50 {statistics.median(lat) * 1000:.1f} ms, "
         f"p99 {p99 * 1000:.1f} ms"
     )
+    if isinstance(switched, Switchover):
+        print(
+            f"  switchover                 {switched.source} -> {switched.target} "
+            f"{switched.outcome} in {switched.total_ms:.0f} ms; writes paused "
+            f"{switched.pause_ms:.0f} ms"
+        )
+    else:
+        print(f"  switchover                 FAILED: {switched}")
     print(f"  client errors              {sum(tally.errors.values())}")
     for text, count in sorted(tally.errors.items(), key=lambda kv: -kv[1])[:5]:
         print(f"    {count}x {text}")
-    print(f"  acknowledged writes        {len(tally.acknowledged)}, lost {len(lost)}")
+    print(
+        f"  acknowledged writes        {len(tally.acknowledged)}, lost {len(lost)} "
+        f"(read back from {target if isinstance(switched, Switchover) else 'db1'})"
+    )
     ok = not tally.errors and not lost and tally.queries > 0 and peaks.database <= limit
+    ok = ok and isinstance(switched, Switchover)
     print(f"  result                     {'OK' if ok else 'PROBLEMS (see above)'}")
     return 0 if ok else 1
