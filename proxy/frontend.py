@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from . import errors
@@ -53,6 +54,8 @@ from .session_state import (
     sync_statements,
 )
 from .statements import ClientStatement, bind_execute, wants_cursor, with_statement_id
+
+_monotonic = time.monotonic
 
 if TYPE_CHECKING:
     from .tier import Tier
@@ -97,6 +100,8 @@ class ClientSession(asyncio.Protocol):
     """One client connection to a tier."""
 
     __slots__ = (
+        "_began",
+        "_command_byte",
         "_current_statement",
         "_cursors",
         "_diagnostics_hold",
@@ -160,6 +165,8 @@ class ClientSession(asyncio.Protocol):
         self.last_insert_id = 0  # what LAST_INSERT_ID() returns for this client
         self._row_count = -1  # what ROW_COUNT() returns after the previous statement
         self._diagnostics_hold: asyncio.TimerHandle | None = None
+        self._began = 0.0  # when the current command arrived
+        self._command_byte = 0
         self._fatal: errors.ClientError | None = None  # reported at the next command, then close
         self._gated = False  # waiting for the write gate to open
         self._previous: ServerConnection | None = None  # where the last command ran
@@ -233,6 +240,9 @@ class ClientSession(asyncio.Protocol):
         backend = self.backend
         assert backend is not None
         scanner = backend.scanner
+        self.tier.stats.statement(
+            self._command_byte, _monotonic() - self._began, scanner.failed, scanner.fed
+        )
         if scanner.state_changes or scanner.untracked:
             self._track_state(backend)
         if scanner.insert_id:
@@ -295,11 +305,13 @@ class ClientSession(asyncio.Protocol):
         try:
             await self._wait_gate()
         except errors.ClientError as exc:
-            self._reply(frame((msg.last_seq if msg is not None else 0) + 1, exc.payload()))
+            self._reply_error((msg.last_seq if msg is not None else 0) + 1, exc)
             return
         if self.state != CLOSED:
             self.state = READY
+            began = self._began  # the wait at the gate is part of the statement's time
             self._command(raw, command, msg)
+            self._began = began
 
     def kill_for_pause(self, drain_timeout: float) -> None:
         """Its transaction outlived the pause's drain timeout: roll it back by closing the
@@ -398,7 +410,7 @@ class ClientSession(asyncio.Protocol):
         # command and carry on; the next command gets another connection.
         log.warning("client %s: upstream %s lost during a command (%s)", self.id, name, reason)
         self._hold = 0
-        self._reply(frame(self._reply_seq, errors.upstream_lost(name).payload()))
+        self._reply_error(self._reply_seq, errors.upstream_lost(name))
 
     def pause_reading(self, reason: int) -> None:
         if not self._paused and self.transport is not None:
@@ -440,6 +452,9 @@ class ClientSession(asyncio.Protocol):
         if command == Command.QUIT:
             self._close()
             return
+        self._began = _monotonic()
+        self._command_byte = command
+        self.tier.stats.bytes_in += len(raw)
         if self._fatal is not None:  # its transaction was killed by a pause
             self._fail(self._fatal, seq=(msg.last_seq if msg is not None else 0) + 1)
             return
@@ -518,7 +533,7 @@ class ClientSession(asyncio.Protocol):
                 await backend.query(f"DO LAST_INSERT_ID({self.last_insert_id})")
                 backend.last_insert_id = self.last_insert_id
         except errors.ClientError as exc:
-            self._reply(frame(seq, exc.payload()))
+            self._reply_error(seq, exc)
             return
         except UpstreamError as exc:
             if acquired is not None:
@@ -538,6 +553,11 @@ class ClientSession(asyncio.Protocol):
         self._run(backend, raw, mode, msg)
         if mode == NO_RESPONSE:
             self._reply(b"")
+
+    def _reply_error(self, seq: int, error: errors.ClientError) -> None:
+        """Answer a command with one of sluice's own errors (counted for /metrics)."""
+        self.tier.stats.sluice_error(error.code)
+        self._reply(frame(seq, error.payload()))
 
     def _reply(self, data: bytes) -> None:
         """Answer a command without the upstream and get ready for the next one."""
@@ -669,7 +689,7 @@ class ClientSession(asyncio.Protocol):
             backend.detach()
             server, messages = await backend.prepare(sql)
         except errors.ClientError as exc:
-            self._reply(frame(seq, exc.payload()))
+            self._reply_error(seq, exc)
             return None
         except UpstreamError as exc:
             if acquired is not None:
@@ -797,7 +817,9 @@ class ClientSession(asyncio.Protocol):
         pools = self.tier.pools
         assert self.pool_key is not None
         for _ in range(3):
+            began = _monotonic()
             conn = await pools.acquire(self.pool_key, self._open, self._matches)
+            self.tier.stats.pool_wait.observe(_monotonic() - began)
             try:
                 if await self._sync(conn):
                     return conn
@@ -915,10 +937,10 @@ class ClientSession(asyncio.Protocol):
         through one of this client's pooled connections."""
         target = self.tier.sessions.get(target_id) or self.tier.session_on_thread(target_id)
         if target is None:
-            self._reply(frame(seq, errors.unknown_thread(target_id).payload()))
+            self._reply_error(seq, errors.unknown_thread(target_id))
             return
         if target.user != self.user:
-            self._reply(frame(seq, errors.not_thread_owner(target_id).payload()))
+            self._reply_error(seq, errors.not_thread_owner(target_id))
             return
         running = target.backend if target.state in (BUSY, INFILE) else None
         if running is not None and target is not self:
@@ -926,7 +948,7 @@ class ClientSession(asyncio.Protocol):
             try:
                 await self._run_own(f"{verb} {running.thread_id}")
             except errors.ClientError as exc:
-                self._reply(frame(seq, exc.payload()))
+                self._reply_error(seq, exc)
                 return
             except UpstreamError as exc:
                 if exc.err.code != 1094:  # already gone: fine
@@ -1147,6 +1169,7 @@ class ClientSession(asyncio.Protocol):
         socket with unread input makes the kernel send RST, which can destroy the ERR before
         the client reads it. So half-close, discard input for a moment, then close.
         """
+        self.tier.stats.sluice_error(error.code)
         self._send(frame(seq, error.payload()))
         transport = self.transport
         if linger and transport is not None and transport.can_write_eof():

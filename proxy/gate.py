@@ -109,6 +109,7 @@ class Gate:
         if released is not None and not released.done():
             released.set_result(None)
         paused = time.monotonic() - self.paused_at
+        self.tier.stats.pauses.observe(paused)
         log.info("resumed after %.3fs of pause", paused)
         return paused
 

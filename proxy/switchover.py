@@ -199,6 +199,8 @@ class Switchover:
             self.total_ms = (time.monotonic() - self._t0) * 1000
             tier.switchover = None
             tier.switchovers.append(self)
+            tier.stats.switchover_durations.observe(self.total_ms / 1000)
+            tier.stats.switchovers[self.outcome] = tier.stats.switchovers.get(self.outcome, 0) + 1
             log.info(
                 "switchover %d: %s in %.0f ms (clients paused %s ms)%s",
                 self.id,
@@ -358,8 +360,7 @@ class Switchover:
             if problems:
                 await self._resume_fleet()
                 raise SwitchoverFailed(
-                    "; ".join(problems)
-                    + " (all or none: every tier was resumed)"
+                    "; ".join(problems) + " (all or none: every tier was resumed)"
                 )
             own = results[0]
             step.detail = (

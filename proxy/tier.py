@@ -23,6 +23,7 @@ from .discovery import discover_writer
 from .frontend import BUSY, INFILE, ClientSession
 from .gate import Gate
 from .pool import PoolManager
+from .stats import TierStats
 from .upstream import Upstream
 from .users import UserDirectory
 
@@ -51,6 +52,7 @@ class Tier:
         self.upstream = Upstream(config)
         self.pools = PoolManager(config.pool, config.upstream.servers)
         self.gate = Gate(self, config.pause)
+        self.stats = TierStats()
         self.sessions: dict[int, ClientSession] = {}
         self.pins: dict[str, int] = {}  # pinned sessions so far, by reason
         self.auth_failures = 0

@@ -461,3 +461,55 @@ def test_metrics_follow_real_traffic(admin_tier, sandbox):
     assert metric(after, active[0], **active[1]) == metric(before, active[0], **active[1])
     idle_pooled = metric(after, "sluice_pool_idle_connections", server="db1", user="app")
     assert idle_pooled >= 2  # the unpinned ones went back to the pool
+
+
+def test_statement_error_byte_and_latency_metrics_count_real_statements(admin_tier, sandbox):
+    before = scrape(admin_tier)
+    conn = app_client(admin_tier, sandbox)
+    try:
+        with conn.cursor() as cur:
+            for _ in range(5):
+                cur.execute("SELECT REPEAT('x', 1000)")
+                cur.fetchall()
+            with pytest.raises(pymysql.err.ProgrammingError):
+                cur.execute("SELECT * FROM no_such_table")
+    finally:
+        conn.close()
+    after = scrape(admin_tier)
+
+    def grew(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    # PyMySQL sends SET NAMES / autocommit at connect: at least our 6 statements.
+    assert grew("sluice_statements_total", command="query") >= 6
+    assert grew("sluice_statement_errors_total", command="query") == 1
+    assert grew("sluice_statement_duration_seconds_count") >= 6
+    assert grew("sluice_statement_duration_seconds_bucket", le="+Inf") == grew(
+        "sluice_statement_duration_seconds_count"
+    )
+    assert grew("sluice_statement_duration_seconds_sum") > 0
+    assert grew("sluice_client_sent_bytes_total") >= 5 * 1000  # the five result sets
+    assert grew("sluice_client_received_bytes_total") >= 5 * len("SELECT REPEAT('x', 1000)")
+    assert metric(after, "sluice_gate_paused") == 0
+    assert metric(after, "sluice_upstream_current", server="db1") == 1  # the first, no monitor
+
+
+def test_pause_and_proxy_errors_show_in_metrics(admin_tier, sandbox):
+    before = scrape(admin_tier)
+    conn = app_client(admin_tier, sandbox)  # connected before the pause
+    query(admin_tier, "PAUSE")
+    try:
+        assert metric(scrape(admin_tier), "sluice_gate_paused") == 1
+    finally:
+        query(admin_tier, "RESUME")
+    conn.close()
+    with pytest.raises(pymysql.err.OperationalError):
+        app_client(admin_tier, sandbox, password="wrong")
+    after = scrape(admin_tier)
+    assert metric(after, "sluice_gate_paused") == 0
+    assert metric(after, "sluice_write_pause_seconds_count") == (
+        metric(before, "sluice_write_pause_seconds_count") + 1
+    )
+    assert metric(after, "sluice_proxy_errors_total", code="1045") == (
+        metric(before, "sluice_proxy_errors_total", code="1045") + 1
+    )

@@ -12,8 +12,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
+from ..stats import COMMAND_NAMES, Histogram
 from . import views
 
 if TYPE_CHECKING:
@@ -94,6 +100,103 @@ class TierCollector:
             "Client logins refused (unknown user or wrong password) since start.",
             value=tier.auth_failures,
         )
+        yield from self._traffic()
+        yield from self._gate_and_switchover()
+
+    def _traffic(self) -> Iterator[Metric]:
+        stats = self.tier.stats
+        statements = CounterMetricFamily(
+            "sluice_statements",
+            "Client commands relayed to the upstream and answered, by command.",
+            labels=["command"],
+        )
+        failed = CounterMetricFamily(
+            "sluice_statement_errors",
+            "Client commands the upstream answered with an error, by command.",
+            labels=["command"],
+        )
+        for byte, count in enumerate(stats.statements):
+            if count:
+                name = COMMAND_NAMES.get(byte, str(byte))
+                statements.add_metric([name], count)
+                failed.add_metric([name], stats.failed[byte])
+        yield statements
+        yield failed
+        own = CounterMetricFamily(
+            "sluice_proxy_errors",
+            "Errors sluice itself sent to clients (pool timeouts, no writer, pauses, protocol "
+            "violations ...), by MySQL error code.",
+            labels=["code"],
+        )
+        for code, count in sorted(stats.sluice_errors.items()):
+            own.add_metric([str(code)], count)
+        yield own
+        yield _histogram(
+            "sluice_statement_duration_seconds",
+            "From a client command's arrival to the end of its response (queueing included).",
+            stats.duration,
+        )
+        yield _histogram(
+            "sluice_pool_wait_seconds",
+            "Time to get a pooled connection when no matching idle one was at hand.",
+            stats.pool_wait,
+        )
+        yield CounterMetricFamily(
+            "sluice_client_received_bytes", "Bytes of client commands.", value=stats.bytes_in
+        )
+        yield CounterMetricFamily(
+            "sluice_client_sent_bytes",
+            "Bytes of upstream responses relayed to clients.",
+            value=stats.bytes_out,
+        )
+
+    def _gate_and_switchover(self) -> Iterator[Metric]:
+        tier = self.tier
+        stats = tier.stats
+        yield GaugeMetricFamily(
+            "sluice_gate_paused",
+            "1 while the write gate is closed (PAUSE, switchover).",
+            value=int(tier.gate.closed),
+        )
+        yield GaugeMetricFamily(
+            "sluice_gate_waiting_statements",
+            "Client statements waiting for the gate to open.",
+            value=tier.gate.queued,
+        )
+        yield _histogram(
+            "sluice_write_pause_seconds",
+            "How long each write pause kept new work waiting.",
+            stats.pauses,
+        )
+        yield _histogram(
+            "sluice_switchover_duration_seconds",
+            "Planned switchovers run by this tier, from request to the end (repoint included).",
+            stats.switchover_durations,
+        )
+        outcomes = CounterMetricFamily(
+            "sluice_switchovers",
+            "Planned switchovers run by this tier, by outcome (done, aborted, failed).",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(stats.switchovers.items()):
+            outcomes.add_metric([outcome], count)
+        yield outcomes
+        writer = GaugeMetricFamily(
+            "sluice_upstream_current",
+            "1 for the upstream server new work goes to (a remote tier's primary).",
+            labels=["server"],
+        )
+        current = tier.upstream.current
+        if tier.config.tier == "remote":
+            for server in tier.config.upstream.servers:
+                writer.add_metric([server.name], int(server == current))
+        yield writer
+
+
+def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation)
+    family.add_metric([], histogram.cumulative(), histogram.sum)
+    return family
 
 
 def tier_registry(tier: Tier) -> CollectorRegistry:
