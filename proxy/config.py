@@ -293,6 +293,18 @@ class SwitchoverConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HeartbeatConfig:
+    """The heartbeat probe: a row written through this tier every `interval` (the customer's
+    path), and its age read on every server with the monitor account (replication lag)."""
+
+    user: str
+    password: str = field(repr=False)
+    interval: float = 1.0
+    table: str = "sluice.heartbeat"
+    id: str = ""  # the row this tier writes; default: host name and first listen address
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """Logging level and output format."""
 
@@ -314,6 +326,7 @@ class Config:
     log: LogConfig = LogConfig()
     pause: PauseConfig = PauseConfig()
     switchover: SwitchoverConfig = SwitchoverConfig()
+    heartbeat: HeartbeatConfig | None = None
 
     def user(self, name: str) -> UserConfig | None:
         """The client account called ``name`` (case-sensitive, as in MySQL), if any."""
@@ -679,6 +692,29 @@ def _parse_switchover(value: object) -> SwitchoverConfig:
     )
 
 
+_TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*")
+
+
+def _parse_heartbeat(value: object) -> HeartbeatConfig | None:
+    if value is None:
+        return None
+    section = _section(
+        value, "heartbeat", ("id", "interval", "password", "table", "user"), required=("user",)
+    )
+    table = _string(section.get("table", "sluice.heartbeat"), "heartbeat.table")
+    if not _TABLE_RE.fullmatch(table):
+        raise ConfigError("heartbeat.table", f"expected schema.table, got {table!r}")
+    return HeartbeatConfig(
+        user=_string(section["user"], "heartbeat.user"),
+        password=_string(
+            section.get("password", ""), "heartbeat.password", secret=True, empty=True
+        ),
+        interval=_timeout(section.get("interval", 1.0), "heartbeat.interval", positive=True),
+        table=table,
+        id=_string(section.get("id", ""), "heartbeat.id", empty=True),
+    )
+
+
 def _parse_log(value: object) -> LogConfig:
     section = _section(value, "log", ("format", "level"))
     d = LogConfig()
@@ -692,6 +728,7 @@ def _parse_log(value: object) -> LogConfig:
 
 _TOP_LEVEL = (
     "admin",
+    "heartbeat",
     "limits",
     "listen",
     "log",
@@ -743,6 +780,7 @@ def _parse_config(data: object, allow_zero_port: bool) -> Config:
         log=_parse_log(section.get("log", {})),
         pause=_parse_pause(section.get("pause", {})),
         switchover=_parse_switchover(section.get("switchover", {})),
+        heartbeat=_parse_heartbeat(section.get("heartbeat")),
     )
 
 
@@ -883,4 +921,17 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
             "lock_wait_timeout": cfg.switchover.lock_wait_timeout,
             "peer_timeout": cfg.switchover.peer_timeout,
         },
+        **(
+            {
+                "heartbeat": {
+                    "user": cfg.heartbeat.user,
+                    "password": secret(cfg.heartbeat.password),
+                    "interval": cfg.heartbeat.interval,
+                    "table": cfg.heartbeat.table,
+                    "id": cfg.heartbeat.id,
+                }
+            }
+            if cfg.heartbeat is not None
+            else {}
+        ),
     }

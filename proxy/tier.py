@@ -22,6 +22,7 @@ from .config import Address, Config, ServerConfig
 from .discovery import discover_writer
 from .frontend import BUSY, INFILE, ClientSession
 from .gate import Gate
+from .heartbeat import Heartbeat
 from .pool import PoolManager
 from .stats import TierStats
 from .upstream import Upstream
@@ -62,6 +63,7 @@ class Tier:
         self._next_id = FIRST_SESSION_ID - 1
         self._unix_paths: list[str] = []
         self.admin: AdminServers | None = None
+        self.heartbeat: Heartbeat | None = None
         self.switchover: Switchover | None = None  # the one running on this tier, if any
         self.switchovers: collections.deque[Switchover] = collections.deque(
             maxlen=SWITCHOVER_HISTORY
@@ -119,6 +121,9 @@ class Tier:
             self.upstream.current = None  # found by asking the servers, never by config order
             await self.check_writer()
         await self._start_admin()
+        if self.config.heartbeat is not None:
+            self.heartbeat = Heartbeat(self, self.config.heartbeat)
+            self.heartbeat.start()
         try:
             greeting = await self.upstream.server_greeting()
             log.info("upstream speaks %s", greeting.server_version)
@@ -269,6 +274,9 @@ class Tier:
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let running commands finish (up to drain_timeout), close the rest."""
         self.accepting = False
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
+            self.heartbeat = None
         for server in self._servers:
             server.close()
         for session in list(self.sessions.values()):

@@ -189,6 +189,11 @@ def fleet(sb: Sandbox, *, local_tiers: int = 2) -> Iterator[tuple[list, list]]:
                 tier="local",
                 upstream={"servers": servers},
                 pool={"max_connections": 24, "acquire_timeout": "30s"},
+                heartbeat={
+                    "user": "app",
+                    "password": sb.users["app"].password,
+                    "interval": "100ms",
+                },
             )
         ).start()
         for _ in range(local_tiers)
@@ -300,6 +305,9 @@ async def test_switchovers_under_load_lose_nothing_and_show_no_errors(cluster):
             rows = sandbox_mod.sql(server, "SELECT id FROM app.t")
             missing = writers.acknowledged - {int(r[0]) for r in rows}
             assert not missing, f"{server.name} lacks {len(missing)} acknowledged rows"
+        # The heartbeat, written through a local tier all along, saw a dip and no gap.
+        beats = [t.run(lambda t=t: (t.tier.heartbeat.ok, t.tier.heartbeat.failed)) for t in locals_]
+        assert all(ok >= 20 and failed == 0 for ok, failed in beats), beats
         pauses = [r["pause_ms"] for r in records]
         print(
             f"\n{writers.clients} clients, {writers.statements} statements, "

@@ -425,6 +425,7 @@ def status(tier: Tier) -> dict[str, object]:
         "auth_failures": tier.auth_failures,
         "pools": [dataclasses.asdict(row) for row in views.pool_rows(tier)],
         "servers": [dataclasses.asdict(row) for row in views.server_rows(tier)],
+        "heartbeat": tier.heartbeat.as_dict() if tier.heartbeat is not None else None,
         "switchover": {
             "running": tier.switchover.as_dict() if tier.switchover is not None else None,
             "recent": [record.as_dict() for record in reversed(tier.switchovers)],

@@ -23,6 +23,7 @@ from ..stats import COMMAND_NAMES, Histogram
 from . import views
 
 if TYPE_CHECKING:
+    from ..heartbeat import Heartbeat
     from ..tier import Tier
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
@@ -102,6 +103,37 @@ class TierCollector:
         )
         yield from self._traffic()
         yield from self._gate_and_switchover()
+        if tier.heartbeat is not None:
+            yield from self._heartbeat(tier.heartbeat)
+
+    def _heartbeat(self, beat: Heartbeat) -> Iterator[Metric]:
+        writes = CounterMetricFamily(
+            "sluice_heartbeat_writes",
+            "Heartbeat rows written through this tier, by result (ok, error).",
+            labels=["result"],
+        )
+        writes.add_metric(["ok"], beat.ok)
+        writes.add_metric(["error"], beat.failed)
+        yield writes
+        yield _histogram(
+            "sluice_heartbeat_write_seconds",
+            "How long each successful heartbeat write took, end to end.",
+            beat.latency,
+        )
+        yield GaugeMetricFamily(
+            "sluice_heartbeat_last_success_timestamp_seconds",
+            "Unix time of the last successful heartbeat write (0: none yet).",
+            value=beat.last_ok,
+        )
+        lag = GaugeMetricFamily(
+            "sluice_heartbeat_replication_lag_seconds",
+            "Age of the newest heartbeat row on each database server (monitor account).",
+            labels=["server"],
+        )
+        for server, seconds in sorted(beat.lag.items()):
+            if seconds is not None:
+                lag.add_metric([server], seconds)
+        yield lag
 
     def _traffic(self) -> Iterator[Metric]:
         stats = self.tier.stats
