@@ -30,6 +30,7 @@ class ReplicaStatus:
     sql_running: bool
     lag: float | None  # seconds behind its source; None while it cannot tell
     error: str  # the last IO or SQL error, "" when none
+    name: str = ""  # the connection (MariaDB) or channel (MySQL) name; "" is the default
 
     @property
     def healthy(self) -> bool:
@@ -107,6 +108,7 @@ class Dialect:
                     sql_running=values.get(sql) == "Yes",
                     lag=float(behind) if behind not in (None, "") else None,
                     error="; ".join(e for e in errors if e),
+                    name=values.get("Connection_name") or values.get("Channel_Name") or "",
                 )
             )
         return out

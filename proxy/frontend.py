@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from . import errors
 from .backend import ServerConnection, ServerStatement, UpstreamError
-from .pool import POOL_KEY_CAPABILITIES, PoolKey
+from .pool import POOL_KEY_CAPABILITIES, PoolKey, ServerRetired
 from .protocol import capabilities
 from .protocol.auth import new_scramble
 from .protocol.codec import ProtocolError, read_u32, u32
@@ -317,10 +317,14 @@ class ClientSession(asyncio.Protocol):
         """Its transaction outlived the pause's drain timeout: roll it back by closing the
         connection. The client learns why at its next command, then the session closes
         (running that command outside its transaction would break the transaction)."""
+        if self._inside_work():
+            what = "your transaction was rolled back"
+        else:  # a statement still running: the server may or may not have finished it
+            what = "your statement was interrupted and may or may not have taken effect"
         self._fatal = errors.ClientError(
             errors.ErrorCode.CONNECTION_KILLED,
-            "your transaction was rolled back: work was paused for a switchover and it was "
-            f"still open after pause.drain_timeout ({drain_timeout:g}s); retry it",
+            f"{what}: work was paused for a switchover and it was still running after "
+            f"pause.drain_timeout ({drain_timeout:g}s); check, then retry it",
         )
         backend = self.backend
         if backend is None:
@@ -334,11 +338,13 @@ class ClientSession(asyncio.Protocol):
         self.tier.pools.discard(backend)
 
     def leave_server(self, server: str) -> None:
-        """`server` is no longer the writer (switchover): give back a connection held there.
+        """`server` is no longer the writer: give back a connection held there.
 
-        Called with the gate closed and drained, so nothing runs on it. A pinned session's
-        state lives only on that connection and cannot follow: the client is told at its
-        next command, and the session ends."""
+        In a switchover the gate is closed and drained, so nothing runs on it; a writer check
+        or an orchestrator's retarget may come at any time. A transaction open there, or a
+        pinned session's state, lives only on that connection and cannot follow: the
+        connection is closed (rolling the transaction back), the client is told at its next
+        command, and the session ends."""
         backend = self.backend
         if backend is None or backend.server_name != server or backend.pool_key is None:
             return
@@ -348,11 +354,15 @@ class ClientSession(asyncio.Protocol):
             self._diagnostics_hold.cancel()
             self._diagnostics_hold = None
         self._hold = 0
-        if self.pinned:
+        if self.pinned or self._inside_work():
+            if self.pinned:
+                what = f"this session was pinned ({self.pinned}) to a connection on {server}"
+            else:
+                what = f"your open transaction on {server} was rolled back"
             self._fatal = errors.ClientError(
                 errors.ErrorCode.CONNECTION_KILLED,
-                f"this session was pinned ({self.pinned}) to a connection on {server}, which a "
-                "switchover made a replica; its session state cannot move: reconnect",
+                f"{what}, and {server} stopped being the primary; its state cannot move: "
+                "reconnect (and retry the transaction)",
             )
             self.backend = None
             backend.detach()
@@ -795,6 +805,8 @@ class ClientSession(asyncio.Protocol):
                 self.pool_key = dataclasses.replace(self.pool_key, server=upstream.current.name)
             try:
                 conn = await self._acquire_here()
+            except ServerRetired:
+                continue  # the writer moved while we waited: follow it
             except errors.UpstreamUnreachable as exc:
                 assert self.pool_key is not None
                 upstream.mark_down(exc.server)
@@ -804,8 +816,9 @@ class ClientSession(asyncio.Protocol):
                     raise
                 self.pool_key = dataclasses.replace(self.pool_key, server=other.name)
                 continue
-            if conn.pool_key.server != self.pool_key.server:  # retargeted while we waited
-                self.tier.pools.release(conn)
+            current = upstream.current if remote else None
+            if remote and (current is None or conn.pool_key.server != current.name):
+                self.tier.pools.release(conn)  # the writer moved while we waited: follow it
                 continue
             if not gated or not self.tier.gate.closed or self._inside_work():
                 return conn

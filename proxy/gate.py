@@ -37,12 +37,22 @@ class PauseResult:
 
 
 class Gate:
-    __slots__ = ("_auto_resume", "_released", "closed", "config", "paused_at", "queued", "tier")
+    __slots__ = (
+        "_auto_resume",
+        "_released",
+        "closed",
+        "config",
+        "generation",
+        "paused_at",
+        "queued",
+        "tier",
+    )
 
     def __init__(self, tier: Tier, config: PauseConfig) -> None:
         self.tier = tier
         self.config = config
         self.closed = False
+        self.generation = 0  # counts pauses: a writer check spanning one is stale
         self.queued = 0
         self.paused_at = 0.0
         self._released: asyncio.Future[None] | None = None
@@ -71,6 +81,7 @@ class Gate:
         if not self.closed:
             loop = asyncio.get_running_loop()
             self.closed = True
+            self.generation += 1
             self.paused_at = started
             self._released = loop.create_future()
             self._auto_resume = loop.call_later(self.config.max_pause, self._expired)
@@ -115,6 +126,16 @@ class Gate:
 
     def _expired(self) -> None:
         self._auto_resume = None
+        running = self.tier.switchover
+        if running is not None:
+            # Resuming now could send writes to a primary being demoted; the switchover
+            # bounds its own steps under pause.max_pause and resumes when it is done.
+            log.warning(
+                "pause exceeded pause.max_pause (%gs) during switchover %d; it resumes itself",
+                self.config.max_pause,
+                running.id,
+            )
+            return
         log.warning(
             "pause exceeded pause.max_pause (%gs): resuming by itself", self.config.max_pause
         )

@@ -66,6 +66,10 @@ class AcquireTimeout(errors.ClientError):
     pass
 
 
+class ServerRetired(Exception):
+    """The server stopped being the writer while a client waited for it: wait elsewhere."""
+
+
 class Waiter:
     __slots__ = ("future", "key", "since")
 
@@ -216,6 +220,8 @@ class PoolManager:
         pool = self.pool(key)
         pool.opener = opener
         slots = self.servers[key.server]
+        if slots.retired:
+            raise ServerRetired(key.server)
         reserved = False  # a waiter woken for a freed slot holds it (counted in `opening`)
         while True:
             if reserved or not slots.waiters:
@@ -387,7 +393,7 @@ class PoolManager:
     def _wake_next(self, slots: ServerSlots) -> None:
         """A slot is free: let the first waiter open (or take) a connection."""
         waiter = self._first_waiter(slots)
-        if waiter is not None and slots.used < slots.limit:
+        if waiter is not None and slots.used < slots.limit and not slots.retired:
             slots.waiters.popleft()
             slots.opening += 1  # reserved for this waiter
             waiter.future.set_result(None)
@@ -477,6 +483,10 @@ class PoolManager:
         ones when they are released."""
         slots = self.servers[server]
         slots.retired = True
+        while slots.waiters:  # queued for the old writer: they re-queue for the new one
+            waiter = slots.waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(ServerRetired(server))
         for pool in self.pools.values():
             if pool.key.server == server:
                 for conn in pool.idle:

@@ -49,6 +49,8 @@ REPLICATION_START_WAIT = 5.0
 """Seconds to wait for a repointed server's replication threads to report running."""
 QUERY_MARGIN = 5.0
 """Extra seconds a query that waits server-side (MASTER_GTID_WAIT) may take to answer."""
+PAUSE_MARGIN = 1.0
+"""Seconds kept in hand under pause.max_pause for undoing and resuming."""
 _ids = itertools.count(1)
 
 
@@ -150,6 +152,10 @@ class Switchover:
             step.ok = False
             step.detail = _why(exc)
             raise SwitchoverFailed(f"{name} failed: {step.detail}") from exc
+        except BaseException:  # cancelled (shutdown) or out of its time budget
+            step.ok = False
+            step.detail = step.detail or "interrupted"
+            raise
         finally:
             step.ms = (time.monotonic() - started) * 1000
             log.info(
@@ -193,6 +199,10 @@ class Switchover:
             self.error = f"unexpected error: {_why(exc)}"
             log.exception("switchover %d failed", self.id)
             raise SwitchoverFailed(self.error) from exc
+        except BaseException:  # cancelled: _run has resumed and undone what it could
+            self.outcome = "failed"
+            self.error = "interrupted (sluice is stopping?); check SHOW SERVERS"
+            raise
         finally:
             for conn in self._conns.values():
                 conn.close()
@@ -214,20 +224,31 @@ class Switchover:
     async def _run(self) -> None:
         source, target = await self._preflight()
         await self._catch_up(source, target)
-        await self._pause_fleet()
         try:
+            await self._pause_fleet()
             try:
-                position = await self._demote(source)
-                await self._wait_for(target, position)
-                await self._promote(source, target)
+                # Everything clients wait for must end before the gate's own max_pause would
+                # resume them on a read-only primary: past this budget, undo and resume.
+                paused_for = time.monotonic() - self.tier.gate.paused_at
+                budget = self.tier.config.pause.max_pause - paused_for - PAUSE_MARGIN
+                try:
+                    async with asyncio.timeout(budget):
+                        position = await self._demote(source)
+                        await self._wait_for(target, position)
+                        await self._promote(source, target)
+                except TimeoutError as exc:
+                    raise SwitchoverFailed(
+                        f"the steps under pause took longer than pause.max_pause allows "
+                        f"({budget:.1f}s left after the drain)"
+                    ) from exc
             except BaseException as exc:
                 await self._undo_all(exc)
                 raise
             async with self._step("retarget") as step:
                 self.tier.retarget(target)
-                await self._retarget_peers(target, step)
+                step.detail = f"this tier sends new work to {target.name}; peers follow"
         finally:
-            await self._resume_fleet()
+            await self._resume_fleet(target if self._promoted else None)
         await self._repoint(source, target)
 
     # --- the steps --------------------------------------------------------------------------
@@ -284,12 +305,12 @@ class Switchover:
                 raise SwitchoverFailed(
                     f"{source.name} and {target.name} are different kinds of server"
                 )
-            read_only = (await src.query("SELECT @@GLOBAL.read_only")).rows[0][0]
+            read_only = (await self._query(src, "SELECT @@GLOBAL.read_only")).rows[0][0]
             if dialect.is_read_only(read_only):
                 raise SwitchoverFailed(
                     f"{source.name} is read-only already; is it still the primary?"
                 )
-            result = await tgt.query(dialect.replica_status_query)
+            result = await self._query(tgt, dialect.replica_status_query)
             channels = dialect.parse_replica_status(result.columns, result.rows)
             if len(channels) != 1:
                 raise SwitchoverFailed(
@@ -297,6 +318,11 @@ class Switchover:
                     f"from {source.name} only"
                 )
             status = channels[0]
+            if status.name:
+                raise SwitchoverFailed(
+                    f"{target.name} replicates over the named connection '{status.name}'; "
+                    "sluice moves the default (unnamed) replication connection only"
+                )
             if status.source_port != source.address.port:
                 raise SwitchoverFailed(
                     f"{target.name} replicates from {status.source_host}:{status.source_port}, "
@@ -357,8 +383,7 @@ class Switchover:
                     peer.paused = True
             if isinstance(results[0], BaseException):
                 problems.append(f"this tier could not be paused: {_why(results[0])}")
-            if problems:
-                await self._resume_fleet()
+            if problems:  # _run resumes every tier
                 raise SwitchoverFailed(
                     "; ".join(problems) + " (all or none: every tier was resumed)"
                 )
@@ -374,12 +399,13 @@ class Switchover:
         switch = self.tier.config.switchover
         conn = self._conns[source.name]
         async with self._step("demote") as step:
-            await conn.query(self._dialect.lock_wait_timeout(switch.lock_wait_timeout))
+            await self._query(conn, self._dialect.lock_wait_timeout(switch.lock_wait_timeout))
+            # Registered first: a statement that timed out here may still have taken effect.
+            self._on_undo(
+                f"make {source.name} writable again", source, self._dialect.read_only_off()
+            )
             for statement in self._dialect.read_only_on():
                 await self._query(conn, statement, switch.lock_wait_timeout + QUERY_MARGIN)
-                self._on_undo(
-                    f"make {source.name} writable again", source, self._dialect.read_only_off()
-                )
             position = await self._position(source)
             step.detail = f"{source.name} read-only at {position}"
             return position
@@ -401,54 +427,46 @@ class Switchover:
         assert repl is not None and source.address.kind == "tcp"
         conn = self._conns[target.name]
         async with self._step("promote") as step:
-            await self._query(conn, dialect.stop_replication)
             self._on_undo(
                 f"restart replication on {target.name}", target, [dialect.start_replication]
             )
-            await self._query(conn, dialect.reset_replication)
-            self._undo.pop()
+            await self._query(conn, dialect.stop_replication)
             follow = dialect.follow(
                 source.address.host, source.address.port, repl.user, repl.password, demote=False
             )
-            self._on_undo(
+            # Replication is stopped now, so CHANGE MASTER works whether or not the reset
+            # below took effect.
+            self._undo[-1] = (
                 f"point {target.name} back at {source.name}",
-                target,
-                [*follow, dialect.start_replication],
+                self._undo_action(target, [*follow, dialect.start_replication]),
             )
+            await self._query(conn, dialect.reset_replication)
             for statement in dialect.read_only_off():
                 await self._query(conn, statement)
             self._undo.clear()  # promoted: from here on the only way is forward
             self._promoted = True
             step.detail = f"{target.name} is writable and replicates from nobody"
 
-    async def _retarget_peers(self, target: ServerConfig, step: Step) -> None:
-        results = await asyncio.gather(
-            *(peer.call(f"/retarget?to={target.name}") for peer in self._peers),
-            return_exceptions=True,
-        )
-        for peer, result in zip(self._peers, results, strict=True):
-            if isinstance(result, BaseException):
-                self.warnings.append(
-                    f"peer {peer.address} did not take {target.name} as its primary "
-                    f"({_why(result)}); its writer check follows it within seconds"
-                )
-        step.detail = f"{1 + len(self._peers)} tiers now send work to {target.name}"
-
-    async def _resume_fleet(self) -> None:
+    async def _resume_fleet(self, target: ServerConfig | None) -> None:
+        """Resume every tier (all peers: one whose pause timed out may be paused anyway).
+        With a new primary, peers take it in the same call, so none resumes on the old."""
         async with self._step("resume") as step:
             self.pause_ms = self.tier.gate.resume() * 1000
-            paused = [peer for peer in self._peers if peer.paused]
+            path = "/resume" if target is None else f"/resume?to={target.name}"
             results = await asyncio.gather(
-                *(peer.call("/resume") for peer in paused), return_exceptions=True
+                *(peer.call(path) for peer in self._peers), return_exceptions=True
             )
-            for peer, result in zip(paused, results, strict=True):
-                peer.paused = False
-                if isinstance(result, BaseException):
+            for peer, result in zip(self._peers, results, strict=True):
+                if isinstance(result, BaseException) and (peer.paused or target is not None):
                     self.warnings.append(
-                        f"peer {peer.address} did not resume ({_why(result)}); it resumes by "
-                        "itself after its pause.max_pause"
+                        f"peer {peer.address} did not resume"
+                        + (f" on {target.name}" if target is not None else "")
+                        + f" ({_why(result)}); it resumes by itself after its pause.max_pause "
+                        "and its writer check finds the primary"
                     )
-            step.detail = f"clients waited {self.pause_ms:.0f} ms here"
+                peer.paused = False
+            moved = f"; {1 + len(self._peers)} tiers on {target.name}" if target else ""
+            step.detail = f"clients waited {self.pause_ms:.0f} ms here{moved}"
 
     async def _repoint(self, source: ServerConfig, target: ServerConfig) -> None:
         """The old primary and the other replicas follow the new primary (best effort: the
@@ -467,7 +485,7 @@ class Switchover:
                 try:
                     conn = self._conns.get(server.name) or await self._connect(server, monitor)
                     if not demote:
-                        result = await conn.query(dialect.replica_status_query)
+                        result = await self._query(conn, dialect.replica_status_query)
                         if not result.rows:
                             continue  # not a replica: not sluice's to change
                         await self._query(conn, dialect.stop_replication)
@@ -545,12 +563,24 @@ class Switchover:
             await asyncio.sleep(0.1)
 
     def _on_undo(self, what: str, server: ServerConfig, statements: list[str]) -> None:
-        async def undo() -> None:
-            conn = self._conns[server.name]
-            for statement in statements:
-                await self._query(conn, statement)
+        self._undo.append((what, self._undo_action(server, statements)))
 
-        self._undo.append((what, undo))
+    def _undo_action(
+        self, server: ServerConfig, statements: list[str]
+    ) -> Callable[[], Awaitable[object]]:
+        async def undo() -> None:
+            # A fresh connection: the one that failed may be out of step with its replies.
+            monitor = self.tier.config.upstream.monitor
+            assert monitor is not None
+            async with asyncio.timeout(self.tier.config.upstream.connect_timeout):
+                conn = await monitor_connection(self.tier.upstream, server, monitor, "undo")
+            try:
+                for statement in statements:
+                    await self._query(conn, statement)
+            finally:
+                conn.close()
+
+        return undo
 
     async def _undo_all(self, cause: BaseException) -> None:
         """Take back what was done before the promotion, newest first."""

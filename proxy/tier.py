@@ -64,6 +64,7 @@ class Tier:
         self._unix_paths: list[str] = []
         self.admin: AdminServers | None = None
         self.heartbeat: Heartbeat | None = None
+        self.writer_generation = 0  # counts retargets (see check_writer)
         self.switchover: Switchover | None = None  # the one running on this tier, if any
         self.switchovers: collections.deque[Switchover] = collections.deque(
             maxlen=SWITCHOVER_HISTORY
@@ -174,9 +175,12 @@ class Tier:
         monitor = self.config.upstream.monitor
         if monitor is None or self.gate.closed or self.switchover is not None:
             return
+        before = (self.gate.generation, self.writer_generation)
         found = await discover_writer(self.upstream, monitor)
         if self.gate.closed or self.switchover is not None:
             return
+        if (self.gate.generation, self.writer_generation) != before:
+            return  # a pause or retarget happened meanwhile: the answers may be stale
         current = self.upstream.current
         writer = found.writer
         if writer is not None:
@@ -207,6 +211,7 @@ class Tier:
         Idle connections to the old writer close at once, busy ones as they come back; a
         session pinned to one loses its session (it cannot move) and is told why."""
         old = self.upstream.current
+        self.writer_generation += 1
         self.upstream.current = server
         self.upstream.writer_problem = None if server is not None else problem
         if server is not None:

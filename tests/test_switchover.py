@@ -540,3 +540,38 @@ def test_a_primary_moved_without_sluice_is_followed_by_the_writer_check(cluster)
             cur.execute("INSERT INTO t VALUES (8, 'followed')")
         assert scalar(client, "SELECT @@server_id") == 2
         client.close()
+
+
+def test_a_retarget_ends_open_transactions_there_and_moves_queued_clients(cluster):
+    """A retarget can come at any moment (an orchestrator, the writer check): a transaction
+    open on the old primary is rolled back and its client told; a client queued for a
+    connection to the old primary is served by the new one."""
+    sb = cluster
+    with TierThread(remote_config(sb, pool={"max_connections": 1})) as tier:
+        holder = app_connection(tier, sb)
+        queued = app_connection(tier, sb)  # logs in while the connection is free
+        holder.begin()
+        with holder.cursor() as cur:
+            cur.execute("INSERT INTO t VALUES (21, 'open')")  # holds the only connection
+        answer: list = []
+        waiter = threading.Thread(
+            target=lambda: answer.append(scalar(queued, "SELECT @@server_id")), daemon=True
+        )
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while not tier.run(lambda: len(tier.tier.pools.servers["db1"].waiters)):
+            assert time.monotonic() < deadline, "the second client never queued"
+            time.sleep(0.02)
+        move_primary_by_hand(sb, "db1", "db2")
+        status, result = http_post(tier, "/retarget?to=db2")
+        assert status == 200 and result["current"] == "db2", result
+        waiter.join(10)
+        assert answer == [2]  # served by the new primary, not the old one
+        with pytest.raises(pymysql.err.OperationalError) as info, holder.cursor() as cur:
+            cur.execute("INSERT INTO t VALUES (22, 'after')")
+        code, message = info.value.args
+        assert code == 1927
+        assert "your open transaction on db1 was rolled back" in message
+        rows = sandbox_mod.sql(sb.server("db2"), "SELECT id FROM app.t WHERE id IN (21, 22)")
+        assert rows == []  # nothing of it was committed anywhere
+        queued.close()

@@ -335,7 +335,11 @@ class HttpAdmin:
         )
 
     async def _resume(self, query: dict[str, list[str]]) -> Response:
+        """With `to=NAME`, retarget first: a switchover's peers never resume on the old
+        primary, even for a moment."""
         try:
+            if query.get("to"):
+                control.retarget(self.tier, query["to"][-1])
             paused = control.resume(self.tier)
         except control.ControlRefused as exc:
             return Response.json(409, {"error": str(exc)})
