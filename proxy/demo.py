@@ -147,7 +147,9 @@ async def run_demo(
         print("sluice demo: sandbox stopped")
 
 
-def _config(tier: str, listen: list[str], servers: list[dict], cap: int, sb) -> Config:
+def _config(
+    tier: str, listen: list[str], servers: list[dict], cap: int, sb, heartbeat: bool = False
+) -> Config:
     app = sb.users["app"]
     upstream: dict[str, object] = {"servers": servers}
     if tier == "remote":  # the accounts writer discovery and the switchover use
@@ -161,9 +163,31 @@ def _config(tier: str, listen: list[str], servers: list[dict], cap: int, sb) -> 
             "upstream": upstream,
             "pool": {"max_connections": cap, "acquire_timeout": "30s"},
             "log": {"level": "warning"},
+            **(
+                {"heartbeat": {"user": app.name, "password": app.password, "interval": "100ms"}}
+                if heartbeat
+                else {}
+            ),
         },
         allow_zero_port=True,
     )
+
+
+def heartbeat_line(beats: list[tuple[float, float | None]], switched: object) -> str:
+    """The customer's view: heartbeat writes through local tier 1, and the switchover in it."""
+    ok = sorted(took for _, took in beats if took is not None)
+    failed = sum(1 for _, took in beats if took is None)
+    if not ok:
+        return f"  heartbeat                  no successful write ({failed} failed)"
+    worst = max(beats, key=lambda b: b[1] or 0.0)
+    median = ok[len(ok) // 2]
+    line = (
+        f"  heartbeat (every 100 ms)   {len(ok)} writes ok, {failed} failed; p50 "
+        f"{median * 1000:.1f} ms, longest {worst[1] * 1000:.0f} ms"  # type: ignore[operator]
+    )
+    if isinstance(switched, Switchover):
+        line += " (the switchover: a dip, not a gap)"
+    return line
 
 
 async def switch_over_midway(remote: Tier, target: str, after: float) -> Switchover | str:
@@ -210,6 +234,7 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
                 [{"name": "remote1", "address": remote_address}],
                 LOCAL_POOL,
                 sb,
+                heartbeat=host == 1,  # one app host's heartbeat: the customer's view
             )
         )
         await tier.start()
@@ -241,6 +266,8 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
     elapsed = loop.time() - started
     stop.set()
     await sampler
+    beat = local[0].heartbeat
+    beats = list(beat.recent) if beat is not None else []
     for tier in local:
         await tier.stop()
     await remote.stop()
@@ -289,6 +316,7 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
         )
     else:
         print(f"  switchover                 FAILED: {switched}")
+    print(heartbeat_line(beats, switched))
     print(f"  client errors              {sum(tally.errors.values())}")
     for text, count in sorted(tally.errors.items(), key=lambda kv: -kv[1])[:5]:
         print(f"    {count}x {text}")

@@ -57,6 +57,12 @@ from .statements import ClientStatement, bind_execute, wants_cursor, with_statem
 
 _monotonic = time.monotonic
 
+
+def _without_schema(conn: ServerConnection) -> bool:
+    """A schema cannot be unselected: a client without one needs a connection without one."""
+    return conn.state.schema is None
+
+
 if TYPE_CHECKING:
     from .tier import Tier
     from .users import Credential
@@ -831,7 +837,8 @@ class ClientSession(asyncio.Protocol):
         assert self.pool_key is not None
         for _ in range(3):
             began = _monotonic()
-            conn = await pools.acquire(self.pool_key, self._open, self._matches)
+            usable = None if self.session.schema is not None else _without_schema
+            conn = await pools.acquire(self.pool_key, self._open, self._matches, usable)
             self.tier.stats.pool_wait.observe(_monotonic() - began)
             try:
                 if await self._sync(conn):

@@ -13,6 +13,7 @@ sees it (pt-heartbeat's method), whichever tier wrote the row.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
@@ -44,6 +45,8 @@ CLIENT_CAPABILITIES = (
     | Capability.MULTI_RESULTS
     | Capability.DEPRECATE_EOF
 )
+RECENT = 3600
+"""Writes remembered one by one (an hour at the default interval)."""
 WRITE_TIMEOUT = 30.0
 """A write that takes longer counts as failed (a pause is bounded well below this)."""
 
@@ -61,6 +64,10 @@ class Heartbeat:
         self.last_ok = 0.0  # wall clock of the last successful write
         self.last_error: str | None = None
         self.lag: dict[str, float | None] = {}  # by server: seconds, None when unknown
+        # The last writes: (monotonic start, seconds or None when it failed), for reports.
+        self.recent: collections.deque[tuple[float, float | None]] = collections.deque(
+            maxlen=RECENT
+        )
         self._conn: ServerConnection | None = None
         self._monitors: dict[str, ServerConnection] = {}
         self._table_ready = False
@@ -122,8 +129,11 @@ class Heartbeat:
             if self._conn is not None:
                 self._conn.abort()
                 self._conn = None
+            self.recent.append((began, None))
             return
-        self.latency.observe(time.monotonic() - began)
+        took = time.monotonic() - began
+        self.latency.observe(took)
+        self.recent.append((began, took))
         self.ok += 1
         self.last_ok = time.time()
         if self.last_error is not None:
@@ -140,7 +150,8 @@ class Heartbeat:
             password = self.config.password
             await conn.login(
                 Credential(self.config.user, stage1(password) if password else b""),
-                CLIENT_CAPABILITIES,
+                CLIENT_CAPABILITIES | Capability.CONNECT_WITH_DB,
+                database=self.config.table.split(".", 1)[0],
             )
             if not self._table_ready:
                 await conn.query(

@@ -71,10 +71,13 @@ class ServerRetired(Exception):
 
 
 class Waiter:
-    __slots__ = ("future", "key", "since")
+    __slots__ = ("future", "key", "since", "usable")
 
-    def __init__(self, key: PoolKey) -> None:
+    def __init__(
+        self, key: PoolKey, usable: Callable[[ServerConnection], bool] | None = None
+    ) -> None:
         self.key = key
+        self.usable = usable
         self.future: asyncio.Future[ServerConnection | None] = (
             asyncio.get_running_loop().create_future()
         )
@@ -197,26 +200,52 @@ class PoolManager:
         return True
 
     def take_idle(
-        self, key: PoolKey, prefer: Callable[[ServerConnection], bool]
+        self,
+        key: PoolKey,
+        prefer: Callable[[ServerConnection], bool],
+        usable: Callable[[ServerConnection], bool] | None = None,
     ) -> ServerConnection | None:
-        """An idle connection of `key` at once (one that `prefer`s first), or None."""
+        """An idle connection of `key` at once (one that `prefer`s first, and only a
+        `usable` one), or None."""
         pool = self.pools.get(key)
         if pool is None or not pool.idle:
             return None
         idle = pool.idle
+        fallback = -1
         for i in range(len(idle) - 1, -1, -1):
             if prefer(idle[i]):
                 conn = idle.pop(i)
                 break
+            if fallback < 0 and (usable is None or usable(idle[i])):
+                fallback = i
         else:
-            conn = idle.pop()
+            if fallback < 0:
+                return None
+            conn = idle.pop(fallback)
         pool.active += 1
         return conn
 
+    def _evict_unusable(self, key: PoolKey, usable: Callable[[ServerConnection], bool]) -> bool:
+        """Close an idle connection of `key` that this client cannot use, making room."""
+        pool = self.pools.get(key)
+        for conn in pool.idle if pool is not None else ():
+            if not usable(conn):
+                pool.idle.remove(conn)  # type: ignore[union-attr]
+                self._close(conn)
+                return True
+        return False
+
     async def acquire(
-        self, key: PoolKey, opener: Opener, prefer: Callable[[ServerConnection], bool]
+        self,
+        key: PoolKey,
+        opener: Opener,
+        prefer: Callable[[ServerConnection], bool],
+        usable: Callable[[ServerConnection], bool] | None = None,
     ) -> ServerConnection:
-        """A connection of `key`: idle, newly opened under the cap, or handed over in turn."""
+        """A connection of `key`: idle, newly opened under the cap, or handed over in turn.
+
+        `usable` excludes idle connections this client cannot be brought in line with (a
+        client without a default database cannot use one that has a schema selected)."""
         pool = self.pool(key)
         pool.opener = opener
         slots = self.servers[key.server]
@@ -225,7 +254,7 @@ class PoolManager:
         reserved = False  # a waiter woken for a freed slot holds it (counted in `opening`)
         while True:
             if reserved or not slots.waiters:
-                conn = self.take_idle(key, prefer)
+                conn = self.take_idle(key, prefer, usable)
                 if conn is not None:
                     if reserved:
                         reserved = False
@@ -235,11 +264,16 @@ class PoolManager:
                         return conn
                     self._lost_active(conn)
                     continue
-                if not reserved and slots.used >= slots.limit:
-                    self._evict_idle(slots, not_key=key)
+                if (
+                    not reserved
+                    and slots.used >= slots.limit
+                    and not self._evict_idle(slots, not_key=key)
+                    and usable is not None
+                ):
+                    self._evict_unusable(key, usable)
                 if reserved or slots.used < slots.limit:
                     return await self._open(key, slots, pool, opener, reserved)
-            conn = await self._wait(key, slots, pool)
+            conn = await self._wait(key, slots, pool, usable)
             if conn is not None:
                 return conn
             reserved = True
@@ -279,12 +313,18 @@ class PoolManager:
         conn.on_lost = self._on_lost
         return conn
 
-    async def _wait(self, key: PoolKey, slots: ServerSlots, pool: Pool) -> ServerConnection | None:
+    async def _wait(
+        self,
+        key: PoolKey,
+        slots: ServerSlots,
+        pool: Pool,
+        usable: Callable[[ServerConnection], bool] | None = None,
+    ) -> ServerConnection | None:
         """Queue for this server; returns a handed-over connection, or None for a reserved slot.
 
         One future and one timer per waiter (no wait_for/shield wrappers: under a queue of
         hundreds of clients this is the path most commands take)."""
-        waiter = Waiter(key)
+        waiter = Waiter(key, usable)
         slots.waiters.append(waiter)
         pool.waited += 1
         timeout = self.config.acquire_timeout
@@ -339,11 +379,12 @@ class PoolManager:
             return
         waiter = self._first_waiter(slots)
         if waiter is not None:
-            if waiter.key == key:
+            if waiter.key == key and (waiter.usable is None or waiter.usable(conn)):
                 pool.active += 1
                 waiter.future.set_result(conn)
                 return
-            # The next in line needs another pool: make room for it.
+            # The next in line needs another pool (or a connection without a schema): make
+            # room for it.
             self._close(conn)
             return
         if time.monotonic() - conn.opened_at > self.config.max_lifetime > 0:

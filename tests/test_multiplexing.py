@@ -575,3 +575,32 @@ def test_min_idle_keeps_connections_ready_within_the_cap(small_db):
         assert tier.run(idle) == 3
         assert tier.run(lambda: tier.tier.pools.servers["db1"].used) == 3
         conn.close()
+
+
+def test_a_client_without_a_database_is_served_when_every_pooled_connection_has_one(sandbox):
+    """A schema cannot be unselected on a connection: such a client needs one without, and
+    gets it even when the pool is full of connections that have one (idle or handed over)."""
+    with TierThread(tier_config(sandbox, pool={"max_connections": 4})) as tier:
+        no_db = app(tier, sandbox, database=None)
+        with_db = [app(tier, sandbox) for _ in range(4)]  # database "app"
+        for conn in with_db:
+            conn.begin()  # all four connections in use, each with "app" selected
+            assert one_value(conn, "SELECT DATABASE()") == "app"
+        answers: list = []
+        waiter = threading.Thread(
+            target=lambda: answers.append(one_value(no_db, "SELECT DATABASE()")), daemon=True
+        )
+        waiter.start()  # queues for a connection
+        time.sleep(0.2)
+        for conn in with_db:
+            conn.commit()  # handed back: none suits the waiting client as it is
+        waiter.join(10)
+        assert answers == [None]
+        for conn in with_db:  # the pool is full of idle connections with a schema again
+            conn.begin()
+            one_value(conn, "SELECT 1")
+        for conn in with_db:
+            conn.commit()
+        assert one_value(no_db, "SELECT DATABASE()") is None
+        for conn in [*with_db, no_db]:
+            conn.close()
