@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from . import errors
 from .backend import ServerConnection, ServerStatement, UpstreamError
+from .logs import Throttled
 from .pool import POOL_KEY_CAPABILITIES, PoolKey, ServerRetired
 from .protocol import capabilities
 from .protocol.auth import new_scramble
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from .users import Credential
 
 log = logging.getLogger("sluice.frontend")
+pins = Throttled(log, every=10.0)  # apps that pin do it on every connection
 
 # Session states
 HANDSHAKE, READY, BUSY, INFILE, CLOSED = range(5)
@@ -784,7 +786,15 @@ class ClientSession(asyncio.Protocol):
         if self.pinned is None:
             self.pinned = reason
             self.tier.pins[reason] = self.tier.pins.get(reason, 0) + 1
-            log.debug("client %s pinned: %s", self.id, reason)
+            pins.log(
+                logging.INFO,
+                reason,
+                "client %s (%s@%s) pinned to its upstream connection: %s",
+                self.id,
+                self.user,
+                self.peer,
+                reason,
+            )
 
     def _track_state(self, backend: ServerConnection) -> None:
         """Take the state changes the server reported into the session (and the connection)."""

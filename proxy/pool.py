@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import errors
+from .logs import Throttled
 from .protocol.constants import Capability as C
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .config import PoolConfig, ServerConfig
 
 log = logging.getLogger("sluice.pool")
+exhausted = Throttled(log)
 
 POOL_KEY_CAPABILITIES = int(
     C.FOUND_ROWS
@@ -352,6 +354,16 @@ class PoolManager:
         if waiter.future.done():
             return  # served just in time
         key = waiter.key
+        exhausted.log(
+            logging.WARNING,
+            key.server,
+            "pool exhausted: a client waited %gs for a connection to %s (all %d in use, %d "
+            "waiting)",
+            timeout,
+            key.server,
+            slots.limit,
+            len(slots.waiters),
+        )
         waiter.future.set_exception(
             AcquireTimeout(
                 errors.ErrorCode.CON_COUNT_ERROR,
