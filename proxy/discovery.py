@@ -37,6 +37,7 @@ class ServerRole:
     read_only: bool | None = None
     replicating: bool | None = None
     problem: str | None = None
+    lag: float | None = None  # a replica's own Seconds_Behind_Master, when it reports one
 
     @property
     def writer(self) -> bool:
@@ -100,8 +101,13 @@ async def probe(upstream: Upstream, server: ServerConfig, monitor: Credentials) 
         return ServerRole(server, problem=exc.message)
     except (UpstreamError, ProtocolError, ConnectionError, OSError, DialectError) as exc:
         return ServerRole(server, problem=str(exc))
+    channels = dialect.parse_replica_status(replicas.columns, replicas.rows)
+    lags = [c.lag for c in channels if c.lag is not None]
     return ServerRole(
-        server, read_only=dialect.is_read_only(read_only), replicating=bool(replicas.rows)
+        server,
+        read_only=dialect.is_read_only(read_only),
+        replicating=bool(replicas.rows),
+        lag=max(lags) if lags else None,
     )
 
 
@@ -134,4 +140,5 @@ async def discover_writer(upstream: Upstream, monitor: Credentials) -> Discovery
     """Ask every server at once (the tier decides what to do with the answers)."""
     roles = await asyncio.gather(*(probe(upstream, s, monitor) for s in upstream.servers))
     upstream.roles = {r.server.name: r.role for r in roles}
+    upstream.probes = {r.server.name: r for r in roles}
     return Discovery(list(roles))

@@ -23,6 +23,7 @@ from .session_state import TRACKING_SETUP, SessionState
 
 if TYPE_CHECKING:
     from .config import Config, ServerConfig
+    from .discovery import ServerRole
     from .pool import PoolKey
     from .users import Credential
 
@@ -54,6 +55,7 @@ class Upstream:
         self.current: ServerConfig | None = self.servers[0]
         self.writer_problem: str | None = None
         self.roles: dict[str, str] = {}  # what writer discovery last saw, by server name
+        self.probes: dict[str, ServerRole] = {}  # and in detail
         self.greeting: Greeting | None = None
         self._probe_lock = asyncio.Lock()
         self._down_until: dict[str, float] = {}

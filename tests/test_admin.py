@@ -193,6 +193,9 @@ def test_show_servers_lists_every_upstream_server(admin_tier, sandbox):
         assert primary["address"] == f"{sandbox.primary.host}:{sandbox.primary.port}"
         assert primary["role"] == "primary"  # as writer discovery found it
         assert servers["db2"]["role"] == "replica"
+        assert (primary["health"], primary["read_only"], primary["lag_s"]) == ("ok", "no", None)
+        assert (servers["db2"]["health"], servers["db2"]["read_only"]) == ("ok", "yes")
+        assert servers["db2"]["lag_s"] is not None and servers["db2"]["lag_s"] < 5
         assert primary["limit"] == CAP
         assert 1 <= primary["open"] <= CAP
     finally:
@@ -401,6 +404,9 @@ def test_status_describes_sessions_pools_and_servers(admin_tier, sandbox):
         "name",
         "address",
         "role",
+        "health",
+        "read_only",
+        "lag_s",
         "open",
         "opening",
         "limit",

@@ -518,6 +518,7 @@ def test_orchestrator_hooks_pause_then_retarget_and_resume(cluster):
         assert "new work goes to db2 (was db1)" in post.stdout
         assert not tier.run(lambda: tier.tier.gate.closed)
         assert scalar(client, "SELECT @@server_id") == 2
+        assert admin_sql(tier, "RETARGET TO 'db2'") == [{"was": "db2", "current": "db2"}]
         with client.cursor() as cur:
             cur.execute("INSERT INTO t VALUES (7, 'hooked')")
         assert ctl.retarget([admin], TOKEN, "db9") == 1  # unknown: refused, nothing changes

@@ -94,7 +94,14 @@ CLIENT_COLUMNS = _columns(
     ("upstream", _TEXT),
 )
 SERVER_COLUMNS = _columns(
-    ("name", _TEXT), ("address", _TEXT), ("role", _TEXT), ("open", _INT), ("limit", _INT)
+    ("name", _TEXT),
+    ("address", _TEXT),
+    ("role", _TEXT),
+    ("health", _TEXT),
+    ("read_only", _TEXT),
+    ("lag_s", ColumnType.DOUBLE),
+    ("open", _INT),
+    ("limit", _INT),
 )
 CONFIG_COLUMNS = _columns(("key", _TEXT), ("value", _TEXT))
 RELOAD_COLUMNS = _columns(("reloaded", _TEXT), ("needs_restart", _TEXT))
@@ -203,7 +210,10 @@ class AdminSession(Session):
             ]
             return rows, CLIENT_COLUMNS
         if what == "SERVERS":
-            rows = [(r.name, r.address, r.role, r.open, r.limit) for r in views.server_rows(tier)]
+            rows = [
+                (r.name, r.address, r.role, r.health, r.read_only, r.lag_s, r.open, r.limit)
+                for r in views.server_rows(tier)
+            ]
             return rows, SERVER_COLUMNS
         if what == "SWITCHOVERS":
             running = [tier.switchover] if tier.switchover is not None else []

@@ -51,6 +51,9 @@ class ServerRow:
     name: str
     address: str
     role: str
+    health: str  # "ok", "unreachable: why", or "unknown" (no monitor account)
+    read_only: str | None  # "yes" / "no" as the server said; None when not asked
+    lag_s: float | None  # a replica's Seconds_Behind_Master
     open: int
     opening: int
     limit: int
@@ -109,11 +112,21 @@ def server_rows(tier: Tier) -> list[ServerRow]:
     out = []
     for server in tier.config.upstream.servers:
         slots = tier.pools.servers.get(server.name)
+        probe = tier.upstream.probes.get(server.name)
+        if probe is None:
+            health, read_only = ROLE_UNKNOWN, None
+        elif probe.problem is not None:
+            health, read_only = f"unreachable: {probe.problem}", None
+        else:
+            health, read_only = "ok", "yes" if probe.read_only else "no"
         out.append(
             ServerRow(
                 name=server.name,
                 address=str(server.address),
                 role=tier.upstream.roles.get(server.name, ROLE_UNKNOWN),
+                health=health,
+                read_only=read_only,
+                lag_s=probe.lag if probe is not None else None,
                 open=slots.open if slots else 0,
                 opening=slots.opening if slots else 0,
                 limit=slots.limit if slots else 0,
