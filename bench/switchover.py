@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,8 @@ import aiomysql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from connection_limit import free_port, spawn_tier, wait_port, wait_unix  # noqa: E402
 
 from proxy import ctl, sandbox  # noqa: E402
 
@@ -90,46 +91,12 @@ async def client(n: int, path: Path, load: Load, connected: list[int]) -> None:
         conn.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def spawn(work: Path, name: str, config: dict[str, Any]) -> subprocess.Popen:
-    path = work / f"{name}.yaml"
-    path.write_text(json.dumps(config, indent=2))
-    log = (work / f"{name}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "run", "-c", str(path)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()
-    return proc
-
-
-def wait_listening(proc: subprocess.Popen, port: int | None = None, path: Path | None = None):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"a tier exited with {proc.returncode}; see its log")
-        family = socket.AF_UNIX if path is not None else socket.AF_INET
-        with socket.socket(family) as s:
-            if s.connect_ex(str(path) if path is not None else (HOST, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError("a tier did not start listening within 30 s")
-
-
 def start_fleet(work: Path, sb: sandbox.Sandbox, hosts: int) -> tuple[list, list[str], list[Path]]:
     servers = [{"name": s.name, "address": f"{s.host}:{s.port}"} for s in sb.servers]
     procs, admins, ports = [], [], []
     for r in (1, 2):
         port, http = free_port(), free_port()
-        proc = spawn(
+        proc = spawn_tier(
             work,
             f"remote{r}",
             {
@@ -147,15 +114,15 @@ def start_fleet(work: Path, sb: sandbox.Sandbox, hosts: int) -> tuple[list, list
             },
         )
         procs.append(proc)
-        wait_listening(proc, port=port)
-        wait_listening(proc, port=http)
+        wait_port(port, proc)
+        wait_port(http, proc)
         admins.append(f"{HOST}:{http}")
         ports.append(port)
     remotes = [{"name": f"remote{i + 1}", "address": f"{HOST}:{p}"} for i, p in enumerate(ports)]
     paths = []
     for h in range(1, hosts + 1):
         path = work / f"host{h}.sock"
-        proc = spawn(
+        proc = spawn_tier(
             work,
             f"local{h}",
             {
@@ -168,7 +135,7 @@ def start_fleet(work: Path, sb: sandbox.Sandbox, hosts: int) -> tuple[list, list
             },
         )
         procs.append(proc)
-        wait_listening(proc, path=path)
+        wait_unix(path, proc)
         paths.append(path)
     return procs, admins, paths
 

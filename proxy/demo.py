@@ -26,7 +26,7 @@ from .admin import control
 from .backend import ServerConnection, UpstreamError, open_connection
 from .config import Address, Config, parse_config
 from .protocol.auth import stage1
-from .protocol.constants import Capability
+from .protocol.capabilities import AS_CLIENT
 from .switchover import Switchover
 from .tier import Tier
 from .users import Credential
@@ -35,17 +35,6 @@ DATABASE_LIMIT = 64
 """The sandbox database's max_connections: far below the app connections the demo opens."""
 REMOTE_CAP = 48
 LOCAL_POOL = 24
-
-CLIENT_CAPS = (
-    Capability.LONG_PASSWORD
-    | Capability.PROTOCOL_41
-    | Capability.SECURE_CONNECTION
-    | Capability.PLUGIN_AUTH
-    | Capability.TRANSACTIONS
-    | Capability.MULTI_RESULTS
-    | Capability.DEPRECATE_EOF
-    | Capability.CONNECT_WITH_DB
-)
 
 
 @dataclass
@@ -75,7 +64,7 @@ async def app_client(
     """One app connection: insert a row, read it back, repeat until `until`."""
     try:
         conn = await open_connection("sluice", address, 30)
-        await conn.login(credential, CLIENT_CAPS, database="sluice_demo")
+        await conn.login(credential, AS_CLIENT, database="sluice_demo")
     except (OSError, TimeoutError, UpstreamError, ConnectionError) as exc:
         tally.error(f"connect: {exc}")
         return
@@ -210,7 +199,7 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
     monitors = []
     for server in sb.servers:
         monitor = await open_connection(server.name, Address("tcp", server.host, server.port), 10)
-        await monitor.login(Credential(root.name, stage1(root.password)), CLIENT_CAPS)
+        await monitor.login(Credential(root.name, stage1(root.password)), AS_CLIENT)
         monitors.append(monitor)
     limit = int((await monitors[0].query("SELECT @@max_connections")).rows[0][0] or 0)
 

@@ -25,8 +25,8 @@ from .dialect import quote as _quote
 from .discovery import monitor_connection
 from .errors import ClientError
 from .protocol.auth import stage1
+from .protocol.capabilities import AS_CLIENT
 from .protocol.codec import ProtocolError
-from .protocol.constants import Capability
 from .stats import LATENCY_BUCKETS, Histogram
 from .users import Credential
 
@@ -36,15 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluice.heartbeat")
 
-CLIENT_CAPABILITIES = (
-    Capability.LONG_PASSWORD
-    | Capability.PROTOCOL_41
-    | Capability.SECURE_CONNECTION
-    | Capability.PLUGIN_AUTH
-    | Capability.TRANSACTIONS
-    | Capability.MULTI_RESULTS
-    | Capability.DEPRECATE_EOF
-)
 RECENT = 3600
 """Writes remembered one by one (an hour at the default interval)."""
 WRITE_TIMEOUT = 30.0
@@ -150,7 +141,7 @@ class Heartbeat:
             password = self.config.password
             await conn.login(
                 Credential(self.config.user, stage1(password) if password else b""),
-                CLIENT_CAPABILITIES | Capability.CONNECT_WITH_DB,
+                AS_CLIENT,
                 database=self.config.table.split(".", 1)[0],
             )
             if not self._table_ready:

@@ -37,6 +37,19 @@ def tier_config(
     return parse_config(data, allow_zero_port=True)
 
 
+def monitored_upstream(sandbox: Sandbox) -> dict[str, Any]:
+    """The `upstream` section of a remote tier that asks the servers who the writer is."""
+    monitor = sandbox.users["monitor"]
+    return {
+        "servers": [{"name": s.name, "address": f"{s.host}:{s.port}"} for s in sandbox.servers],
+        "monitor": {"user": monitor.name, "password": monitor.password},
+    }
+
+
+def heartbeat_section(sandbox: Sandbox, interval: str = "100ms") -> dict[str, Any]:
+    return {"user": "app", "password": sandbox.users["app"].password, "interval": interval}
+
+
 class TierThread:
     """A Tier serving on a private event loop in a daemon thread."""
 

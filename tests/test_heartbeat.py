@@ -9,11 +9,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .harness import TierThread, tier_config
-
-
-def beat_config(sandbox) -> dict:
-    return {"user": "app", "password": sandbox.users["app"].password, "interval": "100ms"}
+from .harness import TierThread, heartbeat_section, monitored_upstream, tier_config
 
 
 def wait_for(check, timeout: float = 10.0) -> None:
@@ -35,17 +31,9 @@ def scrape(tier: TierThread) -> dict:
 
 
 def test_heartbeat_through_both_tiers_and_its_lag_on_every_server(sandbox):
-    monitor = sandbox.users["monitor"]
     remote = TierThread(
         tier_config(
-            sandbox,
-            upstream={
-                "servers": [
-                    {"name": s.name, "address": f"{s.host}:{s.port}"} for s in sandbox.servers
-                ],
-                "monitor": {"user": monitor.name, "password": monitor.password},
-            },
-            heartbeat=beat_config(sandbox),
+            sandbox, upstream=monitored_upstream(sandbox), heartbeat=heartbeat_section(sandbox)
         )
     ).start()
     local = TierThread(
@@ -53,7 +41,7 @@ def test_heartbeat_through_both_tiers_and_its_lag_on_every_server(sandbox):
             sandbox,
             tier="local",
             upstream={"servers": [{"name": "remote1", "address": f"127.0.0.1:{remote.port}"}]},
-            heartbeat={**beat_config(sandbox), "id": "app-host-1"},
+            heartbeat={**heartbeat_section(sandbox), "id": "app-host-1"},
             admin={"http": "127.0.0.1:0"},
         )
     ).start()

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from .harness import TierThread, tier_config
+from .harness import TierThread, heartbeat_section, monitored_upstream, tier_config
 
 MONITORING = Path(__file__).parent.parent / "deploy" / "monitoring"
 METRIC_RE = re.compile(r"\bsluice_[a-z_]+")
@@ -34,19 +34,12 @@ def referenced(text: str) -> set[str]:
 
 
 def test_alerts_and_dashboard_use_only_metrics_sluice_exports(sandbox):
-    monitor = sandbox.users["monitor"]
-    beat = {"user": "app", "password": sandbox.users["app"].password, "interval": "100ms"}
     remote = TierThread(
         tier_config(
             sandbox,
-            upstream={
-                "servers": [
-                    {"name": s.name, "address": f"{s.host}:{s.port}"} for s in sandbox.servers
-                ],
-                "monitor": {"user": monitor.name, "password": monitor.password},
-            },
+            upstream=monitored_upstream(sandbox),
             admin={"http": "127.0.0.1:0"},
-            heartbeat=beat,
+            heartbeat=heartbeat_section(sandbox),
         )
     ).start()
     try:

@@ -52,6 +52,18 @@ session tracking above all, so a pooled connection reports every change of sessi
 
 EXTENDED = ~0xFFFFFFFF
 
+AS_CLIENT = int(
+    C.LONG_PASSWORD
+    | C.PROTOCOL_41
+    | C.SECURE_CONNECTION
+    | C.PLUGIN_AUTH
+    | C.TRANSACTIONS
+    | C.MULTI_RESULTS
+    | C.DEPRECATE_EOF
+    | C.CONNECT_WITH_DB
+)
+"""What sluice asks for when it is a plain client of a tier (the heartbeat, the demo's app)."""
+
 
 def offer(server_capabilities: int) -> int:
     """Capabilities to advertise to clients: the upstream's, limited to what sluice relays.
