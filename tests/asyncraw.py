@@ -10,21 +10,12 @@ import asyncio
 import struct
 
 from proxy.protocol.auth import native_token, stage1
-from proxy.protocol.constants import Capability as C
+from proxy.protocol.capabilities import AS_CLIENT
 from proxy.protocol.framing import MessageReader, frame
 from proxy.protocol.handshake import Greeting, HandshakeResponse
 from proxy.protocol.messages import parse_err
 
-CAPS = (
-    C.LONG_PASSWORD
-    | C.PROTOCOL_41
-    | C.SECURE_CONNECTION
-    | C.PLUGIN_AUTH
-    | C.TRANSACTIONS
-    | C.MULTI_RESULTS
-    | C.DEPRECATE_EOF
-    | C.CONNECT_WITH_DB
-)
+CAPS = AS_CLIENT  # what sluice asks for as a plain client
 
 
 class AsyncRawError(Exception):
