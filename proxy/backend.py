@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import errors
-from .protocol import capabilities
+from .protocol import capabilities, charsets
 from .protocol.codec import ProtocolError, read_lenenc_bytes, read_lenenc_int, read_u32, u32
 from .protocol.constants import NATIVE_PASSWORD, Capability, Command
 from .protocol.framing import Message, MessageReader, frame
-from .protocol.handshake import AuthSwitchRequest, ChangeUser, Greeting, HandshakeResponse
+from .protocol.handshake import AuthSwitchRequest, Greeting, HandshakeResponse
 from .protocol.messages import ErrPacket, OkPacket, parse_err, parse_ok
 from .protocol.scanner import ResponseScanner
 from .session_state import SessionState
@@ -41,6 +41,7 @@ class RelaySink(Protocol):
     def response_done(self) -> None: ...
     def infile_requested(self) -> None: ...
     def upstream_lost(self, reason: str) -> None: ...
+    def crashed(self, exc: BaseException) -> None: ...
     def pause_reading(self, reason: int) -> None: ...
     def resume_reading(self, reason: int) -> None: ...
 
@@ -98,6 +99,7 @@ class ServerConnection(asyncio.Protocol):
         "address",
         "auth_ok",
         "capabilities",
+        "charset",
         "closed",
         "counted_closed",
         "diagnostics",
@@ -122,6 +124,7 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.greeting: Greeting | None = None
         self.capabilities = 0
+        self.charset = 45  # the collation it logged in with
         self.auth_ok = b""
         self.scanner = ResponseScanner()
         self.closed = False
@@ -156,26 +159,29 @@ class ServerConnection(asyncio.Protocol):
             self._reader.feed(data)
             self._wake()
             return
-        if self.scanner.strip_state:
-            self._relay_stripping(data, sink)
-            return
-        try:
-            end = self.scanner.feed(data)
-        except ProtocolError as exc:
-            self._relay_failed(f"malformed response: {exc}")
-            return
-        self._forwarded = True
-        if end < 0:
+        try:  # (free until something raises)
+            if self.scanner.strip_state:
+                self._relay_stripping(data, sink)
+                return
+            try:
+                end = self.scanner.feed(data)
+            except ProtocolError as exc:
+                self._relay_failed(f"malformed response: {exc}")
+                return
+            self._forwarded = True
+            if end < 0:
+                self._client_transport.write(data)  # type: ignore[union-attr]
+                if self.scanner.infile:
+                    sink.infile_requested()
+                return
+            if end != len(data):
+                self._client_transport.write(data[:end])  # type: ignore[union-attr]
+                self._relay_failed("server sent data after the end of its response")
+                return
             self._client_transport.write(data)  # type: ignore[union-attr]
-            if self.scanner.infile:
-                sink.infile_requested()
-            return
-        if end != len(data):
-            self._client_transport.write(data[:end])  # type: ignore[union-attr]
-            self._relay_failed("server sent data after the end of its response")
-            return
-        self._client_transport.write(data)  # type: ignore[union-attr]
-        sink.response_done()
+            sink.response_done()
+        except Exception as exc:
+            sink.crashed(exc)  # the session ends, and this connection with it
 
     def _relay_stripping(self, data: bytes, sink: RelaySink) -> None:
         """The relay for clients without CLIENT_SESSION_TRACK: OK packets that carry session
@@ -347,6 +353,7 @@ class ServerConnection(asyncio.Protocol):
         else:
             caps &= ~_CONNECT_WITH_DB
         self.capabilities = caps
+        self.charset = charset
         response = HandshakeResponse(
             caps,
             max_packet,
@@ -378,26 +385,6 @@ class ServerConnection(asyncio.Protocol):
                 self.transport.write(frame(msg.seq + 1, token))  # type: ignore[union-attr]
                 continue
             raise ProtocolError(f"unexpected packet 0x{msg.payload[0]:02x} during login")
-
-    async def change_user(
-        self,
-        credential: Credential,
-        database: str | None,
-        charset: int | None,
-        attributes: dict[str, str],
-    ) -> bytes:
-        """COM_CHANGE_USER upstream; returns the server's OK payload or raises UpstreamError."""
-        assert self.greeting is not None
-        request = ChangeUser(
-            credential.user,
-            credential.token(self.greeting.scramble),
-            database,
-            charset,
-            NATIVE_PASSWORD,
-            attributes,
-        )
-        self.transport.write(frame(0, request.payload(self.capabilities)))  # type: ignore[union-attr]
-        return await self._finish_auth(credential)
 
     async def simple_command(self, payload: bytes) -> OkPacket:
         """A command answered by OK or ERR (COM_PING, COM_INIT_DB, COM_RESET_CONNECTION)."""
@@ -448,12 +435,16 @@ class ServerConnection(asyncio.Protocol):
         await self.simple_command(bytes((Command.PING,)))
 
     async def init_db(self, schema: str) -> OkPacket:
-        return await self.simple_command(bytes((Command.INIT_DB,)) + schema.encode())
+        """COM_INIT_DB: the server reads the name in the connection's character_set_client."""
+        name = self.state.variables.get("character_set_client")
+        codec = charsets.codec_of_charset(name) if name else charsets.codec_of(self.charset)
+        return await self.simple_command(bytes((Command.INIT_DB,)) + charsets.encode(schema, codec))
 
     async def query(self, sql: str) -> QueryResult:
         """Run one statement for sluice itself (never on a connection that is relaying)."""
         assert self._sink is None, "query() on a relaying connection"
-        self.transport.write(frame(0, b"\x03" + sql.encode()))  # type: ignore[union-attr]
+        data = sql.encode("utf-8", "surrogateescape")  # tracked values go back byte for byte
+        self.transport.write(frame(0, b"\x03" + data))  # type: ignore[union-attr]
         deprecate_eof = bool(self.capabilities & Capability.DEPRECATE_EOF)
         msg = await self.read_message()
         head = msg.payload[0]
@@ -469,7 +460,7 @@ class ServerConnection(asyncio.Protocol):
             for _ in range(4):  # catalog, schema, table, org_table
                 _, pos = read_lenenc_bytes(col, pos)
             name, _ = read_lenenc_bytes(col, pos)
-            columns.append(name.decode())
+            columns.append(name.decode("utf-8", "replace"))
         if not deprecate_eof:
             await self.read_message()
         rows: list[list[str | None]] = []

@@ -208,6 +208,7 @@ class UserConfig:
     name: str
     password_hash: bytes = field(repr=False)  # 20-byte SHA1(SHA1(password))
     password: str | None = field(default=None, repr=False)  # plaintext, when the config gave it
+    max_connections: int | None = None  # this user's share of each server's pool (None: all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +250,8 @@ class PoolConfig:
     max_lifetime: float = 3600.0
     min_idle: int = 0
     connect_rate: float = 100.0  # new upstream connections per second: tames connection storms
+    idle_transaction_timeout: float = 0.0  # a transaction idle this long is rolled back (0: off)
+    max_transaction_time: float = 0.0  # a transaction open this long is ended (0: off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,7 +457,9 @@ def _parse_listen(value: object, allow_zero_port: bool) -> tuple[Address, ...]:
 
 
 def _parse_user(value: object, path: str) -> UserConfig:
-    section = _section(value, path, ("name", "password", "password_hash"), required=("name",))
+    section = _section(
+        value, path, ("max_connections", "name", "password", "password_hash"), required=("name",)
+    )
     name = _string(section["name"], _at(path, "name"))
     if len(name) > MAX_USER_NAME:
         raise ConfigError(
@@ -464,16 +469,19 @@ def _parse_user(value: object, path: str) -> UserConfig:
     if ("password" in section) == ("password_hash" in section):
         found = "both" if "password" in section else "neither"
         raise ConfigError(path, f"expected exactly one of password, password_hash; got {found}")
+    share = None
+    if "max_connections" in section:
+        share = _integer(section["max_connections"], _at(path, "max_connections"), minimum=1)
     if "password" in section:
         password = _string(section["password"], _at(path, "password"), secret=True)
-        return UserConfig(name, native_password_hash(password), password)
+        return UserConfig(name, native_password_hash(password), password, share)
     hash_path = _at(path, "password_hash")
     text = _string(section["password_hash"], hash_path, secret=True)
     if not _HASH_RE.fullmatch(text):
         raise ConfigError(
             hash_path, "expected '*' followed by 40 hex digits (as mysql.user stores it)"
         )
-    return UserConfig(name, bytes.fromhex(text[1:]))
+    return UserConfig(name, bytes.fromhex(text[1:]), max_connections=share)
 
 
 def _parse_users(value: object) -> tuple[UserConfig, ...]:
@@ -563,8 +571,10 @@ def _parse_pool(value: object) -> PoolConfig:
         "acquire_timeout",
         "connect_rate",
         "idle_timeout",
+        "idle_transaction_timeout",
         "max_connections",
         "max_lifetime",
+        "max_transaction_time",
         "min_idle",
     )
     section = _section(value, "pool", allowed)
@@ -601,6 +611,16 @@ def _parse_pool(value: object) -> PoolConfig:
         ),
         min_idle=min_idle,
         connect_rate=float(rate),
+        idle_transaction_timeout=_timeout(
+            section.get("idle_transaction_timeout", d.idle_transaction_timeout),
+            "pool.idle_transaction_timeout",
+            positive=False,
+        ),
+        max_transaction_time=_timeout(
+            section.get("max_transaction_time", d.max_transaction_time),
+            "pool.max_transaction_time",
+            positive=False,
+        ),
     )
 
 
@@ -873,10 +893,13 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
     users: list[dict[str, object]] = []
     for user in cfg.users:
         if user.password is not None:
-            users.append({"name": user.name, "password": secret(user.password)})
+            entry: dict[str, object] = {"name": user.name, "password": secret(user.password)}
         else:
             text = "*" + user.password_hash.hex().upper()
-            users.append({"name": user.name, "password_hash": secret(text)})
+            entry = {"name": user.name, "password_hash": secret(text)}
+        if user.max_connections is not None:
+            entry["max_connections"] = user.max_connections
+        users.append(entry)
 
     upstream: dict[str, object] = {
         "servers": [{"name": s.name, "address": str(s.address)} for s in cfg.upstream.servers],
@@ -901,6 +924,8 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
             "max_lifetime": pool.max_lifetime,
             "min_idle": pool.min_idle,
             "connect_rate": pool.connect_rate,
+            "idle_transaction_timeout": pool.idle_transaction_timeout,
+            "max_transaction_time": pool.max_transaction_time,
         },
         "limits": {
             "max_clients": limits.max_clients,

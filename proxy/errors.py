@@ -102,6 +102,22 @@ def handshake_failed(reason: str) -> ClientError:
     )
 
 
+def login_timed_out(timeout: float, step: str) -> ClientError:
+    return ClientError(
+        ErrorCode.HANDSHAKE_ERROR,
+        f"login timed out after {timeout:g}s {step} (limits.handshake_timeout); retry, and "
+        "check the client's network if this repeats",
+    )
+
+
+def internal_error(what: str) -> ClientError:
+    return ClientError(
+        ErrorCode.UNKNOWN_ERROR,
+        f"internal error ({what}) while handling this session; it was closed and nothing it "
+        "held was reused: reconnect and retry (the tier's log has the details)",
+    )
+
+
 def auth_plugin_unsupported(server: str, plugin: str) -> ClientError:
     return ClientError(
         ErrorCode.NOT_SUPPORTED_AUTH_MODE,

@@ -18,7 +18,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import errors
 from .backend import ServerConnection, ServerStatement, UpstreamError
@@ -47,7 +48,10 @@ from .session_state import (
     PIN_CHANGE_FAILED,
     PIN_SET_OPTION,
     PIN_UNTRACKED,
+    SET_HEADS,
     SessionState,
+    charset_set_key,
+    charset_set_ok,
     diagnostic_query,
     parse_kill,
     pin_reason,
@@ -57,11 +61,35 @@ from .session_state import (
 from .statements import ClientStatement, bind_execute, wants_cursor, with_statement_id
 
 _monotonic = time.monotonic
+_M = TypeVar("_M")
 
 
 def _without_schema(conn: ServerConnection) -> bool:
     """A schema cannot be unselected: a client without one needs a connection without one."""
     return conn.state.schema is None
+
+
+LOGIN_REFUSALS = frozenset((1044, 1045, 1049))
+"""Errors by which a database refuses a login: access denied to the schema, to the user, no
+such schema."""
+
+
+def refused_login(exc: Exception) -> bool:
+    if isinstance(exc, UpstreamError):
+        return exc.err.code in LOGIN_REFUSALS
+    return isinstance(exc, errors.ClientError) and exc.code in LOGIN_REFUSALS
+
+
+def parse_client_message(parse: Callable[..., _M], payload: bytes, *args: Any) -> _M:
+    """A client's connection-phase message, or ProtocolError: whatever a parser raises on
+    bytes it did not foresee is a malformed message (1043), not a dead session."""
+    try:
+        return parse(payload, *args)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        log.error("parser %s failed on client bytes", parse.__qualname__, exc_info=exc)
+        raise ProtocolError(f"malformed message ({type(exc).__name__})") from exc
 
 
 if TYPE_CHECKING:
@@ -112,11 +140,15 @@ class ClientSession(asyncio.Protocol):
         "_command_byte",
         "_current_statement",
         "_cursors",
+        "_deadline",
         "_diagnostics_hold",
+        "_end_after_reply",
         "_fatal",
         "_gated",
         "_hold",
         "_infile",
+        "_last_active",
+        "_learning",
         "_long_data",
         "_next_statement",
         "_paused",
@@ -124,7 +156,10 @@ class ClientSession(asyncio.Protocol):
         "_reader",
         "_reply_seq",
         "_row_count",
+        "_step",
         "_task",
+        "_trans_began",
+        "_unverified",
         "_waiter",
         "_write_blocked",
         "backend",
@@ -185,6 +220,13 @@ class ClientSession(asyncio.Protocol):
         self._paused = 0
         self._write_blocked = False  # the client's socket buffer is full (pause_writing)
         self._reply_seq = 1
+        self._deadline: asyncio.TimerHandle | None = None  # the handshake's time limit
+        self._last_active = 0.0  # when the last response ended
+        self._trans_began = 0.0  # when the command that opened the current transaction came
+        self._unverified = False  # the upstream has not yet taken this session's login
+        self._end_after_reply = False  # the error being sent ends the session
+        self._learning: bytes | None = None  # a charset statement whose effect to keep
+        self._step = "waiting for the upstream's greeting"  # what the login waits for
 
     @property
     def database(self) -> str | None:
@@ -200,25 +242,33 @@ class ClientSession(asyncio.Protocol):
         if not self.tier.admit(self):
             self._fail(errors.too_many_clients(self.tier.config.limits.max_clients), seq=0)
             return
-        self._task = asyncio.get_running_loop().create_task(self._handshake())
+        # A timer, not a timeout inside the login coroutine: it holds even if that coroutine
+        # is stuck or died.
+        self._deadline = asyncio.get_running_loop().call_later(
+            self.tier.config.limits.handshake_timeout, self._handshake_expired
+        )
+        self._spawn(self._handshake())
 
     def data_received(self, data: bytes) -> None:
-        state = self.state
-        if state == READY and not self._reader.pending and single_packet(data):
-            self._command(data, data[4] if len(data) > 4 else -1, None)  # the common case
-            return
-        if state == CLOSED:
-            return  # lingering after an error: discard
-        if state == INFILE:
-            self._infile_data(data)
-            return
-        self._reader.feed(data)
-        if state == READY:
-            self._drain()
-        elif state == HANDSHAKE:
-            self._wake()
-        elif state == BUSY and self._reader.pending > PIPELINE_LIMIT:
-            self.pause_reading(PAUSE_PIPELINE)
+        try:  # (free until something raises)
+            state = self.state
+            if state == READY and not self._reader.pending and single_packet(data):
+                self._command(data, data[4] if len(data) > 4 else -1, None)  # the common case
+                return
+            if state == CLOSED:
+                return  # lingering after an error: discard
+            if state == INFILE:
+                self._infile_data(data)
+                return
+            self._reader.feed(data)
+            if state == READY:
+                self._drain()
+            elif state == HANDSHAKE:
+                self._wake()
+            elif state == BUSY and self._reader.pending > PIPELINE_LIMIT:
+                self.pause_reading(PAUSE_PIPELINE)
+        except Exception as exc:
+            self.crashed(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state != CLOSED:
@@ -248,11 +298,24 @@ class ClientSession(asyncio.Protocol):
         backend = self.backend
         assert backend is not None
         scanner = backend.scanner
+        now = _monotonic()
         self.tier.stats.statement(
-            self._command_byte, _monotonic() - self._began, scanner.failed, scanner.fed
+            self._command_byte, now - self._began, scanner.failed, scanner.fed
         )
+        self._last_active = now
+        if scanner.status & _IN_TRANS:
+            if not self._trans_began:
+                self._trans_began = self._began
+        else:
+            self._trans_began = 0.0
         if scanner.state_changes or scanner.untracked:
             self._track_state(backend)
+        if self._learning is not None:
+            if not scanner.failed and not scanner.result_set:
+                self.tier.charset_sets.learn(
+                    self._learning, scanner.state_changes, backend.capabilities
+                )
+            self._learning = None
         if scanner.insert_id:
             self.last_insert_id = backend.last_insert_id = scanner.insert_id
         if self._current_statement is not None:
@@ -329,11 +392,46 @@ class ClientSession(asyncio.Protocol):
             what = "your transaction was rolled back"
         else:  # a statement still running: the server may or may not have finished it
             what = "your statement was interrupted and may or may not have taken effect"
-        self._fatal = errors.ClientError(
-            errors.ErrorCode.CONNECTION_KILLED,
+        self._end_work(
             f"{what}: work was paused for a switchover and it was still running after "
-            f"pause.drain_timeout ({drain_timeout:g}s); check, then retry it",
+            f"pause.drain_timeout ({drain_timeout:g}s); check, then retry it"
         )
+
+    def idle_in_transaction(self, now: float) -> float:
+        """Seconds this session has sat idle holding an open transaction (0: it does not)."""
+        if self.state != READY or not self._trans_began or self.backend is None:
+            return 0.0
+        return now - self._last_active
+
+    def bound_transaction(self, now: float, idle_limit: float, time_limit: float) -> None:
+        """Starvation guards (the janitor calls this every second when they are on): a
+        transaction idle past `pool.idle_transaction_timeout`, or open past
+        `pool.max_transaction_time`, is rolled back so the connection serves others."""
+        if not self._trans_began or self.backend is None or self._fatal is not None:
+            return
+        if time_limit and now - self._trans_began > time_limit:
+            why = f"was open longer than pool.max_transaction_time ({time_limit:g}s)"
+        elif idle_limit and self.idle_in_transaction(now) > idle_limit:
+            why = f"sat idle longer than pool.idle_transaction_timeout ({idle_limit:g}s)"
+        else:
+            return
+        log.warning(
+            "client %s (%s@%s): its transaction %s; rolling it back",
+            self.id,
+            self.user,
+            self.peer,
+            why,
+        )
+        self._end_work(
+            f"your transaction {why} and was rolled back so that others can use its "
+            "connection; reconnect and retry the transaction"
+        )
+
+    def _end_work(self, message: str) -> None:
+        """Close the held connection (rolling back what runs or is open there); the client
+        is told `message` with 1927: now if it waits for an answer, else at its next command,
+        and the session then ends."""
+        self._fatal = errors.ClientError(errors.ErrorCode.CONNECTION_KILLED, message)
         backend = self.backend
         if backend is None:
             return
@@ -472,13 +570,14 @@ class ClientSession(asyncio.Protocol):
             return
         self._began = _monotonic()
         self._command_byte = command
+        self._reply_seq = (msg.last_seq if msg is not None else 0) + 1
         self.tier.stats.bytes_in += len(raw)
         if self._fatal is not None:  # its transaction was killed by a pause
             self._fail(self._fatal, seq=(msg.last_seq if msg is not None else 0) + 1)
             return
         if self.tier.gate.closed and not self._inside_work():
             self.state = BUSY
-            self._task = asyncio.get_running_loop().create_task(self._after_gate(raw, command, msg))
+            self._spawn(self._after_gate(raw, command, msg))
             return
         if self._diagnostics_hold is not None:
             self._diagnostics_hold.cancel()
@@ -494,6 +593,8 @@ class ClientSession(asyncio.Protocol):
                     return
                 if flags & HOLD_NEXT:
                     self._hold = 2  # this statement and the transaction it sets up
+            elif sql[:3] in SET_HEADS and self._charset_set(sql):
+                return
         elif command in _STATEMENT_COMMANDS:
             self._statement_command(raw, command, mode, msg)
             return
@@ -523,9 +624,7 @@ class ClientSession(asyncio.Protocol):
             flags & NEEDS_INSERT_ID and backend.last_insert_id != self.last_insert_id
         ):
             self.state = BUSY
-            self._task = asyncio.get_running_loop().create_task(
-                self._acquire_and_run(raw, mode, msg, flags)
-            )
+            self._spawn(self._acquire_and_run(raw, mode, msg, flags))
             return
         self._run(backend, raw, mode, msg)
 
@@ -534,7 +633,6 @@ class ClientSession(asyncio.Protocol):
             backend.send_raw(raw)
             return
         self.state = BUSY
-        self._reply_seq = (msg.last_seq if msg is not None else 0) + 1
         backend.send_command(raw, mode)
 
     async def _acquire_and_run(
@@ -583,6 +681,9 @@ class ClientSession(asyncio.Protocol):
             return
         if data:
             self._send(data)
+        if self._end_after_reply:
+            self._close()
+            return
         self.state = READY
         if self._reader.pending:
             self._drain()
@@ -596,9 +697,7 @@ class ClientSession(asyncio.Protocol):
             if reason is not None:
                 self._pin(reason)
             self.state = BUSY
-            self._task = asyncio.get_running_loop().create_task(
-                self._prepare(bytes(payload[1:]), msg.last_seq if msg is not None else 0)
-            )
+            self._spawn(self._prepare(bytes(payload[1:]), msg.last_seq if msg is not None else 0))
             return
         if len(payload) < 5:
             self._protocol_violation(f"statement command 0x{command:02x} without an id")
@@ -632,9 +731,7 @@ class ClientSession(asyncio.Protocol):
             self._run_statement(backend, raw, payload, command, mode, msg, stmt_id, stmt)
             return
         self.state = BUSY
-        self._task = asyncio.get_running_loop().create_task(
-            self._statement_elsewhere(raw, payload, command, mode, msg, stmt_id, stmt)
-        )
+        self._spawn(self._statement_elsewhere(raw, payload, command, mode, msg, stmt_id, stmt))
 
     def _run_statement(
         self,
@@ -769,6 +866,8 @@ class ClientSession(asyncio.Protocol):
 
     def _attach(self, backend: ServerConnection) -> None:
         self.backend = backend
+        self._trans_began = 0.0
+        self._unverified = False  # a connection in this session's state: the login holds
         backend.last_session = self.id
         backend.attach(self, self.transport, self.capabilities)  # type: ignore[arg-type]
         if self._write_blocked:
@@ -804,8 +903,9 @@ class ClientSession(asyncio.Protocol):
             self._pin(PIN_UNTRACKED)
         backend.state = self.session.copy()
 
-    async def _acquire(self, gated: bool = True) -> ServerConnection:
-        """A pooled connection whose session state matches this client's.
+    async def _acquire(self, gated: bool = True, wait: bool = True) -> ServerConnection:
+        """A pooled connection whose session state matches this client's (without `wait`:
+        one free right now, or None).
 
         If the session's upstream refuses connections, a local tier moves the session to
         another of its remote tiers (its state replays there like anywhere else)."""
@@ -820,7 +920,7 @@ class ClientSession(asyncio.Protocol):
                     raise errors.no_writer(upstream.writer_problem or "no writer is known")
                 self.pool_key = dataclasses.replace(self.pool_key, server=upstream.current.name)
             try:
-                conn = await self._acquire_here()
+                conn = await self._acquire_here(wait)
             except ServerRetired:
                 continue  # the writer moved while we waited: follow it
             except errors.UpstreamUnreachable as exc:
@@ -832,6 +932,15 @@ class ClientSession(asyncio.Protocol):
                     raise
                 self.pool_key = dataclasses.replace(self.pool_key, server=other.name)
                 continue
+            except (UpstreamError, errors.ClientError) as exc:
+                if self._unverified and refused_login(exc):
+                    # The upstream refuses this login: end the session as a login refused
+                    # at once would have (the error is its last answer).
+                    self.tier.logins.forget(self.pool_key.server, self.user, self.session.schema)
+                    self._end_after_reply = True
+                raise
+            if conn is None:
+                return None  # type: ignore[return-value]  # (only without `wait`)
             current = upstream.current if remote else None
             if remote and (current is None or conn.pool_key.server != current.name):
                 self.tier.pools.release(conn)  # the writer moved while we waited: follow it
@@ -842,20 +951,23 @@ class ClientSession(asyncio.Protocol):
             self.tier.pools.release(conn)
             await self._wait_gate()
 
-    async def _acquire_here(self) -> ServerConnection:
+    async def _acquire_here(self, wait: bool = True) -> ServerConnection | None:
         pools = self.tier.pools
         assert self.pool_key is not None
         for _ in range(3):
             began = _monotonic()
             usable = None if self.session.schema is not None else _without_schema
-            conn = await pools.acquire(self.pool_key, self._open, self._matches, usable)
+            conn = await pools.acquire(self.pool_key, self._open, self._matches, usable, wait=wait)
+            if conn is None:
+                return None
             self.tier.stats.pool_wait.observe(_monotonic() - began)
             try:
                 if await self._sync(conn):
+                    self.tier.logins.remember(conn.pool_key.server, self.user, self.session.schema)
                     return conn
             except UpstreamError as exc:
                 pools.discard(conn)
-                if exc.err.code == 1049:  # unknown database: the client's own problem
+                if exc.err.code in LOGIN_REFUSALS:  # no such database, or no access to it
                     raise
                 self._pin(PIN_CHANGE_FAILED)
                 raise errors.ClientError(
@@ -910,6 +1022,26 @@ class ClientSession(asyncio.Protocol):
 
     # --- commands sluice answers itself -----------------------------------------------------
 
+    def _charset_set(self, sql: bytes) -> bool:
+        """SET NAMES & co.: answered here, for a session holding no connection, once a server
+        has shown what the statement does; else it runs upstream, which shows it."""
+        key = charset_set_key(sql)
+        if key is None:
+            return False
+        effect = self.tier.charset_sets.get(key) if self.backend is None else None
+        if effect is None:
+            self._learning = key
+            return False
+        self.session.apply_variables(effect.variables)
+        self._row_count = 0
+        self._previous = None  # its ROW_COUNT() and warnings are no longer this session's
+        now = _monotonic()
+        self.tier.stats.statement(Command.QUERY, now - self._began, False, 0)
+        self._last_active = now
+        tracking = bool(self.capabilities & Capability.SESSION_TRACK)
+        self._reply(frame(self._reply_seq, charset_set_ok(effect, self.session, tracking)))
+        return True
+
     def _answer_diagnostics(self, sql: bytes) -> bool:
         """Answer SHOW WARNINGS & co. for a client that holds no connection.
 
@@ -956,7 +1088,7 @@ class ClientSession(asyncio.Protocol):
 
     def _start_kill(self, target_id: int, query_only: bool, seq: int) -> None:
         self.state = BUSY
-        self._task = asyncio.get_running_loop().create_task(self._kill(target_id, query_only, seq))
+        self._spawn(self._kill(target_id, query_only, seq))
 
     async def _kill(self, target_id: int, query_only: bool, seq: int) -> None:
         """Stop another session's running statement (and, unless QUERY, the session too).
@@ -1020,7 +1152,7 @@ class ClientSession(asyncio.Protocol):
             return
         if command == Command.CHANGE_USER:
             self.state = BUSY
-            self._task = asyncio.get_running_loop().create_task(self._change_user(payload))
+            self._spawn(self._change_user(payload))
         elif command == Command.RESET_CONNECTION:
             self._reset_session(self.session.schema)
             self._send(frame(1, ok_payload(Status.AUTOCOMMIT)))
@@ -1061,10 +1193,8 @@ class ClientSession(asyncio.Protocol):
                 self._waiter = None
 
     async def _handshake(self) -> None:
-        limits = self.tier.config.limits
         try:
-            async with asyncio.timeout(limits.handshake_timeout):
-                await self._authenticate()
+            await self._authenticate()
         except errors.ClientError as exc:
             log.info("client %s (%s) refused: %s", self.id, self.peer, exc.message)
             self._fail(exc, seq=self._reply_seq)
@@ -1072,9 +1202,6 @@ class ClientSession(asyncio.Protocol):
             log.info("client %s (%s): upstream refused login: %s", self.id, self.peer, exc.err)
             self._send(frame(self._reply_seq, exc.raw))
             self._close()
-        except TimeoutError:
-            log.info("client %s (%s): handshake timed out", self.id, self.peer)
-            self._fail(errors.handshake_failed("timed out"), seq=self._reply_seq)
         except PacketTooLarge as exc:
             log.warning("client %s (%s): bad handshake: %s", self.id, self.peer, exc)
             self._fail(errors.handshake_failed(f"handshake {exc}"), seq=self._reply_seq)
@@ -1103,9 +1230,10 @@ class ClientSession(asyncio.Protocol):
             NATIVE_PASSWORD,
         )
         self._send(frame(0, greeting.payload()))
+        self._step = "waiting for the client's handshake response"
         msg = await self._next_message()
         self._reply_seq = msg.last_seq + 1
-        response = HandshakeResponse.parse(msg.payload)
+        response = parse_client_message(HandshakeResponse.parse, msg.payload)
         self.user = response.user
         self.capabilities = int(response.capabilities) & offered
         token = await self._native_token(response.auth_plugin, response.auth_response)
@@ -1118,6 +1246,9 @@ class ClientSession(asyncio.Protocol):
         await self._log_in(credential, response.database)
         if self.state == CLOSED:
             return
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self._send(frame(self._reply_seq, ok_payload(Status.AUTOCOMMIT)))
         self._reader.max_size = tier.config.limits.max_packet_size
         self.state = READY
@@ -1125,8 +1256,15 @@ class ClientSession(asyncio.Protocol):
             self._drain()
 
     async def _log_in(self, credential: Credential, database: str | None) -> None:
-        """Become `credential`'s session in `database`, proving the upstream accepts both
-        (a pooled connection is taken, brought in line and given back at once)."""
+        """Become `credential`'s session in `database`, never waiting for the pool.
+
+        In the funnel a login that queued for a pooled connection would wait behind the
+        work of a thousand clients (and a storm of reconnects behind the pool it is about to
+        use). The password is checked against the config; whether the upstream takes the
+        user and schema is known from an earlier login (tier.logins), or checked on a
+        connection that is free right now, or else at the client's first command. Until a
+        connection has taken the session, an upstream refusal of the login (1044, 1045,
+        1049) ends the session with the database's own error, as a refused login would."""
         self.credential = credential
         self.user = credential.user
         home = self.tier.upstream.pick()
@@ -1139,13 +1277,17 @@ class ClientSession(asyncio.Protocol):
             self.charset,
         )
         self.session = SessionState(database)
-        # Logging in only proves the upstream accepts the user; it is no work to pause (and a
-        # pause must not turn into handshake timeouts for new clients).
-        backend = await self._acquire(gated=False)
-        if self.state == CLOSED:
-            self.tier.pools.release(backend)
+        self._unverified = True
+        if self.tier.logins.accepted(home.name, credential.user, database):
             return
-        self.tier.pools.release(backend)
+        self._step = f"checking the login on a free connection to {home.name}"
+        # Logging in is no work to pause (and a pause must not turn into handshake timeouts
+        # for new clients).
+        backend = await self._acquire(gated=False, wait=False)
+        if backend is not None:
+            self.tier.pools.release(backend)
+            if self.state != CLOSED:
+                self._unverified = False
 
     async def _native_token(self, plugin: str | None, token: bytes) -> bytes:
         """The client's mysql_native_password answer, switching it to that plugin if needed."""
@@ -1153,6 +1295,7 @@ class ClientSession(asyncio.Protocol):
             return token
         switch = AuthSwitchRequest(NATIVE_PASSWORD, self.scramble)
         self._send(frame(self._reply_seq, switch.payload()))
+        self._step = "waiting for the client's answer to the switch to mysql_native_password"
         msg = await self._next_message()
         self._reply_seq = msg.last_seq + 1
         return msg.payload
@@ -1161,7 +1304,9 @@ class ClientSession(asyncio.Protocol):
         """COM_CHANGE_USER: authenticate here; the session starts over as the new user."""
         self._reply_seq = 1
         try:
-            request = ChangeUser.parse(payload, self.capabilities)
+            request = parse_client_message(
+                ChangeUser.parse, payload, self.capabilities, self.charset
+            )
             token = await self._native_token(request.auth_plugin, request.auth_response)
             credential = self.tier.users.authenticate(request.user, self.scramble, token)
             if credential is None:
@@ -1180,11 +1325,66 @@ class ClientSession(asyncio.Protocol):
             self._send(frame(self._reply_seq, exc.raw))
             self._close()
             return
-        except (ProtocolError, ConnectionError) as exc:
+        except ProtocolError as exc:
+            log.warning("client %s (%s): bad COM_CHANGE_USER: %s", self.id, self.peer, exc)
+            self._fail(errors.handshake_failed(str(exc)), seq=self._reply_seq)
+            return
+        except ConnectionError as exc:
             log.warning("client %s: change user failed: %s", self.id, exc)
             self._close()
             return
         self._reply(frame(self._reply_seq, ok_payload(Status.AUTOCOMMIT)))
+
+    # --- the safety net ---------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run the session's slow path (login, queued commands, KILL …) as its one task."""
+        task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(self._task_done)
+        self._task = task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.crashed(task.exception())  # type: ignore[arg-type]
+
+    def crashed(self, exc: BaseException) -> None:
+        """Something this session's handling raised that nothing else caught (a bug, or input
+        no parser foresaw). The session must not hang half-done: the client gets an ERR, a
+        pooled connection it held is closed (its state is unknown, so it is never handed to
+        another client), and the failure is logged once with the client's id."""
+        if self.state == CLOSED:
+            return
+        log.error(
+            "client %s (%s@%s): internal error while %s: %s: %s; closing the session",
+            self.id,
+            self.user or "?",
+            self.peer,
+            self._step if self.state == HANDSHAKE else "handling a command",
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            backend.detach()
+            backend.abort()
+            self.tier.pools.discard(backend)
+        self._fail(errors.internal_error(type(exc).__name__), seq=self._reply_seq)
+
+    def _handshake_expired(self) -> None:
+        self._deadline = None
+        if self.state != HANDSHAKE:
+            return
+        timeout = self.tier.config.limits.handshake_timeout
+        log.info(
+            "client %s (%s): handshake timed out after %gs %s",
+            self.id,
+            self.peer,
+            timeout,
+            self._step,
+        )
+        self._fail(errors.login_timed_out(timeout, self._step), seq=self._reply_seq)
 
     # --- endings ----------------------------------------------------------------------------
 
@@ -1222,6 +1422,9 @@ class ClientSession(asyncio.Protocol):
             return
         if self._diagnostics_hold is not None:
             self._diagnostics_hold.cancel()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         busy = self.state in (BUSY, INFILE)
         self.state = CLOSED
         backend = self.backend

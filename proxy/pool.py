@@ -9,6 +9,10 @@ Waiters queue FIFO per server. A released connection goes to the first waiter of
 directly when the waiter wants the same pool, otherwise the connection is closed so that the
 waiter can open one of its own. An idle connection of another pool is likewise closed to make
 room when the cap is reached and nothing is idle in the wanted pool.
+
+A user may have a share of each server's cap (`users[].max_connections`): a user at its share
+opens nothing more, and its waiters step aside ("parked") so that the users behind them are
+served; a connection that user gives back still goes to its own oldest waiter.
 """
 
 from __future__ import annotations
@@ -107,27 +111,73 @@ class ServerSlots:
     __slots__ = (
         "_tokens",
         "_tokens_at",
+        "by_user",
         "config",
         "limit",
         "open",
         "opening",
+        "parked",
         "retired",
+        "shares",
         "waiters",
     )
 
-    def __init__(self, config: ServerConfig, limit: int) -> None:
+    def __init__(self, config: ServerConfig, limit: int, shares: dict[str, int]) -> None:
         self.config = config
         self.limit = limit
         self.retired = False  # no longer the writer: its connections close as they come back
         self.open = 0
         self.opening = 0
         self.waiters: collections.deque[Waiter] = collections.deque()
+        self.shares = shares  # user -> its share of the cap (users without one: the whole cap)
+        self.by_user: dict[str, int] = {}  # connections open or opening, per user
+        self.parked: dict[str, collections.deque[Waiter]] = {}  # waiters of users at share
         self._tokens = 1.0
         self._tokens_at = time.monotonic()
 
     @property
     def used(self) -> int:
         return self.open + self.opening
+
+    def has_room(self, user: str) -> bool:
+        """Whether `user` may have one more connection to this server (its share)."""
+        share = self.shares.get(user)
+        return share is None or self.by_user.get(user, 0) < share
+
+    def claim(self, user: str) -> None:
+        self.by_user[user] = self.by_user.get(user, 0) + 1
+
+    def unclaim(self, user: str) -> None:
+        """One of `user`'s connections is gone: its parked waiters may queue again, first."""
+        count = self.by_user[user] - 1
+        if count:
+            self.by_user[user] = count
+        else:
+            del self.by_user[user]
+        parked = self.parked.get(user)
+        if parked and self.has_room(user):
+            del self.parked[user]
+            self.waiters.extendleft(reversed(parked))
+
+    def park(self, waiter: Waiter) -> None:
+        self.parked.setdefault(waiter.key.user, collections.deque()).append(waiter)
+
+    def forget(self, waiter: Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
+        parked = self.parked.get(waiter.key.user)
+        if parked is not None:
+            with contextlib.suppress(ValueError):
+                parked.remove(waiter)
+            if not parked:
+                del self.parked[waiter.key.user]
+
+    def all_waiters(self) -> list[Waiter]:
+        """Everyone still waiting, queued or parked (for SHOW POOLS and /status)."""
+        out = [w for w in self.waiters if not w.future.done()]
+        for parked in self.parked.values():
+            out += (w for w in parked if not w.future.done())
+        return out
 
     def connect_delay(self, rate: float) -> float:
         """Seconds to wait before the next connect so that connects stay under `rate`/s."""
@@ -145,10 +195,18 @@ Opener = Callable[[PoolKey], Awaitable["ServerConnection"]]
 class PoolManager:
     """All pools of a tier and the per-server caps they share."""
 
-    def __init__(self, config: PoolConfig, servers: tuple[ServerConfig, ...]) -> None:
+    def __init__(
+        self,
+        config: PoolConfig,
+        servers: tuple[ServerConfig, ...],
+        shares: dict[str, int] | None = None,
+    ) -> None:
         self.config = config
         self.pools: dict[PoolKey, Pool] = {}
-        self.servers = {s.name: ServerSlots(s, config.max_connections) for s in servers}
+        self.shares: dict[str, int] = dict(shares or {})  # shared by every server's slots
+        self.servers = {
+            s.name: ServerSlots(s, config.max_connections, self.shares) for s in servers
+        }
         self.baselines: dict[PoolKey, dict[str, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # min_idle connections being opened
         """Per pool: login values of the variables a fresh connection does not take from the
@@ -243,11 +301,15 @@ class PoolManager:
         opener: Opener,
         prefer: Callable[[ServerConnection], bool],
         usable: Callable[[ServerConnection], bool] | None = None,
-    ) -> ServerConnection:
+        *,
+        wait: bool = True,
+    ) -> ServerConnection | None:
         """A connection of `key`: idle, newly opened under the cap, or handed over in turn.
 
         `usable` excludes idle connections this client cannot be brought in line with (a
-        client without a default database cannot use one that has a schema selected)."""
+        client without a default database cannot use one that has a schema selected).
+        Without `wait`, None instead of queueing (a login checks on a free connection or
+        not at all)."""
         pool = self.pool(key)
         pool.opener = opener
         slots = self.servers[key.server]
@@ -255,26 +317,33 @@ class PoolManager:
             raise ServerRetired(key.server)
         reserved = False  # a waiter woken for a freed slot holds it (counted in `opening`)
         while True:
-            if reserved or not slots.waiters:
+            if reserved or self._first_waiter(slots) is None:
                 conn = self.take_idle(key, prefer, usable)
                 if conn is not None:
                     if reserved:
                         reserved = False
                         slots.opening -= 1
+                        slots.unclaim(key.user)
                         self._wake_next(slots)
                     if await self._healthy(conn):
                         return conn
                     self._lost_active(conn)
                     continue
-                if (
+                if not reserved and not slots.has_room(key.user):
+                    # At its share: only room among its own connections helps.
+                    if usable is not None and self._evict_unusable(key, usable):
+                        continue
+                elif (
                     not reserved
                     and slots.used >= slots.limit
                     and not self._evict_idle(slots, not_key=key)
                     and usable is not None
                 ):
                     self._evict_unusable(key, usable)
-                if reserved or slots.used < slots.limit:
+                if reserved or (slots.used < slots.limit and slots.has_room(key.user)):
                     return await self._open(key, slots, pool, opener, reserved)
+            if not wait:
+                return None
             conn = await self._wait(key, slots, pool, usable)
             if conn is not None:
                 return conn
@@ -298,6 +367,7 @@ class PoolManager:
     ) -> ServerConnection:
         if not reserved:
             slots.opening += 1
+            slots.claim(key.user)
         try:
             delay = slots.connect_delay(self.config.connect_rate)
             if delay:
@@ -305,6 +375,7 @@ class PoolManager:
             conn = await opener(key)
         except BaseException:
             slots.opening -= 1
+            slots.unclaim(key.user)
             self._wake_next(slots)
             raise
         slots.opening -= 1
@@ -327,7 +398,10 @@ class PoolManager:
         One future and one timer per waiter (no wait_for/shield wrappers: under a queue of
         hundreds of clients this is the path most commands take)."""
         waiter = Waiter(key, usable)
-        slots.waiters.append(waiter)
+        if slots.has_room(key.user):
+            slots.waiters.append(waiter)
+        else:
+            slots.park(waiter)  # at its share: only its own connections can serve it
         pool.waited += 1
         timeout = self.config.acquire_timeout
         timer = asyncio.get_running_loop().call_later(timeout, self._expire, waiter, slots, timeout)
@@ -339,6 +413,7 @@ class PoolManager:
                 got = future.result()
                 if got is None:
                     slots.opening -= 1  # give back the slot reserved for us
+                    slots.unclaim(key.user)
                     self._wake_next(slots)
                 else:
                     self.release(got)
@@ -346,8 +421,7 @@ class PoolManager:
         finally:
             timer.cancel()
             pool.max_wait = max(pool.max_wait, time.monotonic() - waiter.since)
-            with contextlib.suppress(ValueError):
-                slots.waiters.remove(waiter)
+            slots.forget(waiter)
 
     @staticmethod
     def _expire(waiter: Waiter, slots: ServerSlots, timeout: float) -> None:
@@ -362,15 +436,25 @@ class PoolManager:
             timeout,
             key.server,
             slots.limit,
-            len(slots.waiters),
+            len(slots.all_waiters()),
         )
+        share = slots.shares.get(key.user)
+        if share is not None and not slots.has_room(key.user):
+            why = (
+                f"user '{key.user}' has all {share} connections of its share "
+                "(users[].max_connections) in use"
+            )
+        else:
+            why = (
+                f"all {slots.limit} allowed connections are busy and "
+                f"{len(slots.all_waiters()) - 1} other clients are waiting"
+            )
         waiter.future.set_exception(
             AcquireTimeout(
                 errors.ErrorCode.CON_COUNT_ERROR,
                 f"no upstream connection to '{key.server}' for user '{key.user}' within "
-                f"{timeout:g}s: all {slots.limit} allowed connections are busy and "
-                f"{len(slots.waiters) - 1} other clients are waiting; retry, shorten "
-                "transactions, or raise pool.max_connections if the database allows",
+                f"{timeout:g}s: {why}; retry, shorten transactions, or raise "
+                "pool.max_connections if the database allows",
             )
         )
 
@@ -389,7 +473,10 @@ class PoolManager:
         if slots.open > slots.limit or slots.retired:  # a lowered cap, or a switchover
             self._close(conn)
             return
-        waiter = self._first_waiter(slots)
+        waiter = self._first_waiter(slots, key)
+        own = self._first_parked(slots, key)  # its user is at share: it waits for this one
+        if own is not None and (waiter is None or own.since <= waiter.since):
+            waiter = own
         if waiter is not None:
             if waiter.key == key and (waiter.usable is None or waiter.usable(conn)):
                 pool.active += 1
@@ -426,6 +513,7 @@ class PoolManager:
         conn.counted_closed = True
         slots = self.servers[conn.pool_key.server]
         slots.open -= 1
+        slots.unclaim(conn.pool_key.user)
         self._wake_next(slots)
 
     def _on_lost(self, conn: ServerConnection) -> None:
@@ -435,20 +523,39 @@ class PoolManager:
             pool.idle.remove(conn)
             self._closed(conn)
 
-    def _first_waiter(self, slots: ServerSlots) -> Waiter | None:
-        while slots.waiters:
-            waiter = slots.waiters[0]
-            if not waiter.future.done():
+    def _first_waiter(self, slots: ServerSlots, key: PoolKey | None = None) -> Waiter | None:
+        """The first waiter that can be served: one whose user is at its share steps aside
+        (is parked) unless it waits for `key`, the pool of the connection being handed on."""
+        waiters = slots.waiters
+        while waiters:
+            waiter = waiters[0]
+            if waiter.future.done():
+                waiters.popleft()
+            elif waiter.key != key and not slots.has_room(waiter.key.user):
+                slots.park(waiters.popleft())
+            else:
                 return waiter
-            slots.waiters.popleft()
+        return None
+
+    @staticmethod
+    def _first_parked(slots: ServerSlots, key: PoolKey) -> Waiter | None:
+        parked = slots.parked.get(key.user)
+        while parked:
+            waiter = parked[0]
+            if not waiter.future.done():
+                return waiter if waiter.key == key else None
+            parked.popleft()
         return None
 
     def _wake_next(self, slots: ServerSlots) -> None:
         """A slot is free: let the first waiter open (or take) a connection."""
+        if slots.used >= slots.limit or slots.retired:
+            return
         waiter = self._first_waiter(slots)
-        if waiter is not None and slots.used < slots.limit and not slots.retired:
+        if waiter is not None:
             slots.waiters.popleft()
             slots.opening += 1  # reserved for this waiter
+            slots.claim(waiter.key.user)
             waiter.future.set_result(None)
 
     def _evict_idle(self, slots: ServerSlots, not_key: PoolKey) -> bool:
@@ -500,7 +607,9 @@ class PoolManager:
                 and pool.opener is not None
                 and len(pool.idle) + pool.warming < want
                 and slots.used < slots.limit
+                and slots.has_room(pool.key.user)
                 and not slots.waiters
+                and not slots.parked
             ):
                 pool.warming += 1
                 task = loop.create_task(self._prewarm(pool, slots))
@@ -531,15 +640,26 @@ class PoolManager:
             while slots.used < slots.limit and self._first_waiter(slots) is not None:
                 self._wake_next(slots)  # a higher cap: waiters may open now
 
+    def set_shares(self, shares: dict[str, int]) -> None:
+        """Apply reloaded per-user shares; connections above a lowered share close as they
+        come back (release closes what a waiter of another user needs)."""
+        self.shares.clear()
+        self.shares.update(shares)
+        for slots in self.servers.values():
+            for user in [u for u in slots.parked if slots.has_room(u)]:
+                slots.waiters.extendleft(reversed(slots.parked.pop(user)))
+            while slots.used < slots.limit and self._first_waiter(slots) is not None:
+                self._wake_next(slots)
+
     def retire(self, server: str) -> None:
         """`server` stopped being the writer: close its idle connections now and its busy
         ones when they are released."""
         slots = self.servers[server]
         slots.retired = True
-        while slots.waiters:  # queued for the old writer: they re-queue for the new one
-            waiter = slots.waiters.popleft()
-            if not waiter.future.done():
-                waiter.future.set_exception(ServerRetired(server))
+        for waiter in slots.all_waiters():  # queued for the old writer: re-queue for the new
+            waiter.future.set_exception(ServerRetired(server))
+        slots.waiters.clear()
+        slots.parked.clear()
         for pool in self.pools.values():
             if pool.key.server == server:
                 for conn in pool.idle:

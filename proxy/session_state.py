@@ -11,10 +11,11 @@ cheap keyword scan of each statement catches those first.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from .protocol.codec import ProtocolError
+from .protocol.codec import ProtocolError, lenenc_bytes
 from .protocol.constants import Capability, Status
-from .protocol.messages import parse_ok
+from .protocol.messages import ok_payload, parse_ok
 
 TRACKING_SETUP = (
     "SET SESSION session_track_system_variables='*', session_track_schema=ON, "
@@ -165,6 +166,11 @@ class SessionState:
     def __repr__(self) -> str:
         return f"SessionState(schema={self.schema!r}, variables={self.variables!r})"
 
+    def apply_variables(self, pairs: tuple[tuple[str, str], ...]) -> None:
+        for name, value in pairs:
+            if name not in IGNORED_VARIABLES:
+                self.variables[name] = value
+
     def apply(self, ok_payloads: list[bytes], capabilities: int) -> bool:
         """Apply the changes reported in these OK packets; False if one was not describable."""
         described = True
@@ -235,3 +241,83 @@ def diagnostic_query(sql: bytes) -> tuple[str, bytes] | None:
         return None
     kind = match.lastgroup or ""
     return kind, match.group(kind)
+
+
+# --- character set statements answered without a connection -----------------------------------
+
+_CHARSET_SET = re.compile(
+    rb"set\s+(?:names|character\s+set|charset)\s+(['\"`]?)[a-z0-9_]+\1"
+    rb"(?:\s+collate\s+(['\"`]?)[a-z0-9_]+\2)?\s*;?\s*",
+    re.IGNORECASE,
+)
+SET_HEADS = frozenset((b"SET", b"set", b"Set"))
+"""How a statement `charset_set_key` may accept starts (a cheap test on the hot path)."""
+_NO_BACKSLASH_ESCAPES = int(Status.NO_BACKSLASH_ESCAPES)
+_STATE_CHANGED_FLAG = int(Status.SESSION_STATE_CHANGED)
+_AUTOCOMMIT = int(Status.AUTOCOMMIT)
+
+
+def charset_set_key(sql: bytes) -> bytes | None:
+    """The normalised text of `SET NAMES x [COLLATE y]` / `SET CHARACTER SET x`, else None.
+
+    Drivers send one on every connect (PyMySQL, aiomysql always do): its whole effect is
+    session state, the same every time, so once the server has shown what it does, sluice
+    answers it for a session holding no connection instead of making a login wait for the
+    pool."""
+    if len(sql) > 200 or _CHARSET_SET.fullmatch(sql) is None:
+        return None
+    return b" ".join(sql.lower().rstrip(b"; \t\r\n").split())
+
+
+class CharsetSets:
+    """What each charset statement did the last time a server ran it: the variables it
+    reported (session tracking), by normalised statement."""
+
+    __slots__ = ("_effects",)
+
+    LIMIT = 256  # a handful of distinct statements in practice
+
+    def __init__(self) -> None:
+        self._effects: dict[bytes, CharsetEffect] = {}
+
+    def get(self, key: bytes) -> CharsetEffect | None:
+        return self._effects.get(key)
+
+    def learn(self, key: bytes, ok_payloads: list[bytes], capabilities: int) -> None:
+        """Keep the effect of one successful run: one OK that reported system variables and
+        nothing else (no schema change, no state the tracker cannot describe)."""
+        if len(ok_payloads) != 1 or (key not in self._effects and len(self._effects) >= self.LIMIT):
+            return
+        try:
+            ok = parse_ok(ok_payloads[0], capabilities | Capability.SESSION_TRACK)
+        except ProtocolError:
+            return
+        state = ok.session_state
+        if (
+            state is None
+            or ok.warnings
+            or not state.system_variables
+            or state.schema is not None
+            or state.transaction_state is not None
+        ):
+            return
+        self._effects[key] = CharsetEffect(tuple(state.system_variables.items()), ok.state_block)
+
+
+@dataclass(frozen=True, slots=True)
+class CharsetEffect:
+    """What a charset statement did: the variables it set, and the server's own report."""
+
+    variables: tuple[tuple[str, str], ...]
+    block: bytes  # the session-state-change bytes of its OK, sent again as they were
+
+
+def charset_set_ok(effect: CharsetEffect, session: SessionState, tracking: bool) -> bytes:
+    """The OK the server sends for a charset statement, for this session's state (which the
+    effect has already been applied to)."""
+    status = 0 if session.variables.get("autocommit") == "OFF" else _AUTOCOMMIT
+    if "NO_BACKSLASH_ESCAPES" in session.variables.get("sql_mode", ""):
+        status |= _NO_BACKSLASH_ESCAPES
+    if not tracking:
+        return ok_payload(status)
+    return ok_payload(status | _STATE_CHANGED_FLAG) + lenenc_bytes(b"") + lenenc_bytes(effect.block)

@@ -37,6 +37,8 @@ def with_statement_id(raw: bytes, server_id: int) -> bytes:
     """A command packet (framed) naming the statement by the connection's id instead.
 
     The id sits at payload bytes 1..4 of the first packet; lengths do not change."""
+    if len(raw) < 9:
+        raise ProtocolError("statement command without a statement id")
     return raw[:5] + u32(server_id) + raw[9:]
 
 

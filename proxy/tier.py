@@ -16,6 +16,7 @@ import os
 import resource
 import socket
 import stat
+import time
 from typing import TYPE_CHECKING
 
 from .config import Address, Config, ServerConfig
@@ -24,9 +25,10 @@ from .frontend import BUSY, INFILE, ClientSession
 from .gate import Gate
 from .heartbeat import Heartbeat
 from .pool import PoolManager
+from .session_state import CharsetSets
 from .stats import TierStats
 from .upstream import Upstream
-from .users import UserDirectory
+from .users import KnownLogins, UserDirectory
 
 if TYPE_CHECKING:
     from .admin import AdminServers
@@ -51,7 +53,9 @@ class Tier:
         self.config_path = config_path  # what the admin RELOAD command re-reads, if known
         self.users = UserDirectory(config.users)
         self.upstream = Upstream(config)
-        self.pools = PoolManager(config.pool, config.upstream.servers)
+        self.pools = PoolManager(config.pool, config.upstream.servers, user_shares(config))
+        self.logins = KnownLogins()
+        self.charset_sets = CharsetSets()  # what SET NAMES & co. do, learned from the upstream
         self.gate = Gate(self, config.pause)
         self.stats = TierStats()
         self.sessions: dict[int, ClientSession] = {}
@@ -155,12 +159,23 @@ class Tier:
             try:
                 self.pools.expire_idle()
                 self.pools.top_up()
+                self._bound_transactions()
                 now = asyncio.get_running_loop().time()
                 if self.config.tier == "remote" and now >= check_at:
                     check_at = now + CHECK_WRITER_EVERY
                     await self.check_writer()
             except Exception:
                 log.exception("upkeep failed")
+
+    def _bound_transactions(self) -> None:
+        """pool.idle_transaction_timeout and pool.max_transaction_time, once a second."""
+        idle_limit = self.config.pool.idle_transaction_timeout
+        time_limit = self.config.pool.max_transaction_time
+        if not idle_limit and not time_limit:
+            return
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            session.bound_transaction(now, idle_limit, time_limit)
 
     # --- the writer -------------------------------------------------------------------------
 
@@ -246,6 +261,7 @@ class Tier:
         self.gate.config = config.pause
         self.users = UserDirectory(config.users)
         self.pools.reconfigure(config.pool)
+        self.pools.set_shares(user_shares(config))
         logging.getLogger().setLevel(config.log.level.upper())
         if restart:
             log.warning(
@@ -309,6 +325,11 @@ class Tier:
             await self.admin.stop()
             self.admin = None
         log.info("tier stopped")
+
+
+def user_shares(config: Config) -> dict[str, int]:
+    """users[].max_connections, by user name."""
+    return {u.name: u.max_connections for u in config.users if u.max_connections is not None}
 
 
 def raise_nofile_limit() -> None:

@@ -1,4 +1,5 @@
-"""Client authentication against the configured users, and the credentials sluice logs in with.
+"""Client authentication against the configured users, the credentials sluice logs in with, and
+the logins the upstream is known to accept.
 
 Only mysql_native_password is spoken to clients: its reply lets sluice both verify the client
 and recover SHA1(password), which is what it needs to log in upstream as the same user with a
@@ -7,6 +8,8 @@ different scramble. sluice never stores or sees plaintext unless the config give
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -58,3 +61,36 @@ class UserDirectory:
         if user is None or user.password is None:
             return None
         return Credential(name, stage1(user.password) if user.password else b"")
+
+
+class KnownLogins:
+    """(server, user, schema) logins the upstream accepted lately, so a login with one needs
+    no upstream connection (and never waits for the pool).
+
+    Bounded (least recently confirmed dropped first) and expiring: a schema dropped or a
+    grant revoked upstream is noticed at the next login after `ttl`, and before that at the
+    session's first command, which then gets the database's error and ends the session."""
+
+    __slots__ = ("_entries", "limit", "ttl")
+
+    def __init__(self, ttl: float = 300.0, limit: int = 10_000) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._entries: OrderedDict[tuple[str, str, str | None], float] = OrderedDict()
+
+    def accepted(self, server: str, user: str, schema: str | None) -> bool:
+        at = self._entries.get((server, user, schema))
+        return at is not None and time.monotonic() - at < self.ttl
+
+    def remember(self, server: str, user: str, schema: str | None) -> None:
+        key = (server, user, schema)
+        self._entries[key] = time.monotonic()
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+
+    def forget(self, server: str, user: str, schema: str | None) -> None:
+        self._entries.pop((server, user, schema), None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

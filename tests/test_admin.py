@@ -173,7 +173,17 @@ def test_show_pools_shows_the_pool_after_a_query(admin_tier, sandbox):
             cur.execute("SELECT 1")
         pools = query(admin_tier, "show pools")  # any letter case
         (pool,) = [p for p in pools if p["server"] == "db1" and p["user"] == "app"]
-        assert set(pool) == {"server", "user", "active", "idle", "waiting", "max_wait_ms", "cap"}
+        assert set(pool) == {
+            "server",
+            "user",
+            "active",
+            "idle",
+            "waiting",
+            "max_wait_ms",
+            "cap",
+            "oldest_wait_ms",
+            "idle_in_transaction_ms",
+        }
         assert pool["active"] >= 1
         assert pool["waiting"] == 0
         assert pool["cap"] == CAP
@@ -398,7 +408,17 @@ def test_status_describes_sessions_pools_and_servers(admin_tier, sandbox):
     assert set(doc["pinned"]) == {"now_by_reason", "total_by_reason"}
     pools = [p for p in doc["pools"] if p["server"] == "db1" and p["user"] == "app"]
     assert len(pools) == 1
-    assert set(pools[0]) == {"server", "user", "active", "idle", "waiting", "max_wait_ms", "cap"}
+    assert set(pools[0]) == {
+        "server",
+        "user",
+        "active",
+        "idle",
+        "waiting",
+        "max_wait_ms",
+        "cap",
+        "oldest_wait_ms",
+        "idle_in_transaction_ms",
+    }
     servers = {s["name"]: s for s in doc["servers"]}
     assert set(servers["db1"]) == {
         "name",

@@ -206,6 +206,11 @@ BAD_VALUES = [
     ("pool.connect_rate", "fast", "pool.connect_rate", "per second"),
     ("pool.connect_rate", 10**400, "pool.connect_rate", "positive number"),
     ("pool.max_conections", 5, "pool.max_conections", "did you mean 'max_connections'"),
+    ("pool.idle_transaction_timeout", "5s", None, None),  # fine: control row
+    ("pool.idle_transaction_timeout", -1, "pool.idle_transaction_timeout", ">= 0"),
+    ("pool.max_transaction_time", "forever", "pool.max_transaction_time", "expected a duration"),
+    ("users.0.max_connections", 0, "users[0].max_connections", "positive integer"),
+    ("users.0.max_connections", "half", "users[0].max_connections", "positive integer"),
     ("limits.max_clients", "many", "limits.max_clients", "positive integer"),
     ("limits.max_packet_size", "1M", None, None),  # fine: control row
     ("limits.max_packet_size", 512, "limits.max_packet_size", "from 1KiB to 1GiB"),

@@ -81,11 +81,26 @@ class TierCollector:
             "Pooled connections in use by a client, per upstream server and user.",
             labels=["server", "user"],
         )
+        oldest = GaugeMetricFamily(
+            "sluice_pool_oldest_wait_seconds",
+            "How long the longest waiting client has waited for a pooled connection so far.",
+            labels=["server", "user"],
+        )
+        idle_transaction = GaugeMetricFamily(
+            "sluice_pool_longest_idle_transaction_seconds",
+            "The longest a client holding a pooled connection has sat idle in a transaction.",
+            labels=["server", "user"],
+        )
         for pool in views.pool_rows(tier):
-            idle.add_metric([pool.server, pool.user], pool.idle)
-            active.add_metric([pool.server, pool.user], pool.active)
+            labels = [pool.server, pool.user]
+            idle.add_metric(labels, pool.idle)
+            active.add_metric(labels, pool.active)
+            oldest.add_metric(labels, pool.oldest_wait_ms / 1000)
+            idle_transaction.add_metric(labels, pool.idle_in_transaction_ms / 1000)
         yield idle
         yield active
+        yield oldest
+        yield idle_transaction
 
         pinned = CounterMetricFamily(
             "sluice_pinned_sessions",

@@ -84,6 +84,8 @@ POOL_COLUMNS = _columns(
     ("waiting", _INT),
     ("max_wait_ms", _INT),
     ("cap", _INT),
+    ("oldest_wait_ms", _INT),
+    ("idle_in_transaction_ms", _INT),
 )
 CLIENT_COLUMNS = _columns(
     ("id", _INT),
@@ -199,7 +201,17 @@ class AdminSession(Session):
         tier = self.tier
         if what == "POOLS":
             rows: list[tuple[object, ...]] = [
-                (r.server, r.user, r.active, r.idle, r.waiting, r.max_wait_ms, r.cap)
+                (
+                    r.server,
+                    r.user,
+                    r.active,
+                    r.idle,
+                    r.waiting,
+                    r.max_wait_ms,
+                    r.cap,
+                    r.oldest_wait_ms,
+                    r.idle_in_transaction_ms,
+                )
                 for r in views.pool_rows(tier)
             ]
             return rows, POOL_COLUMNS

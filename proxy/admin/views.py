@@ -7,6 +7,7 @@ scrape), so the data path never pays for observability: the numbers are the live
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,9 @@ class PoolRow:
     waiting: int
     max_wait_ms: int
     cap: int
+    oldest_wait_ms: int  # how long the longest waiting client has waited so far
+    idle_in_transaction_ms: int  # the longest a client holding a connection sat idle in a
+    # transaction (pool.idle_transaction_timeout bounds it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,20 +65,35 @@ class ServerRow:
 
 
 def pool_rows(tier: Tier) -> list[PoolRow]:
-    totals: dict[tuple[str, str], list[float]] = {}
+    """Every (server, user) pool, configured ones included before any traffic (with zeros)."""
+    now = time.monotonic()
+    # active, idle, waiting, max_wait, oldest wait, longest idle transaction
+    totals: dict[tuple[str, str], list[float]] = {
+        (server.name, user.name): [0, 0, 0, 0.0, 0.0, 0.0]
+        for server in tier.config.upstream.servers
+        for user in tier.config.users
+    }
     for key, pool in tier.pools.pools.items():
-        row = totals.setdefault((key.server, key.user), [0, 0, 0, 0.0])
+        row = totals.setdefault((key.server, key.user), [0, 0, 0, 0.0, 0.0, 0.0])
         row[0] += pool.active
         row[1] += len(pool.idle)
         row[3] = max(row[3], pool.max_wait)
     for slots in tier.pools.servers.values():
-        for waiter in slots.waiters:
-            if waiter.future.done():
-                continue  # served or gave up; about to leave the queue
-            row = totals.setdefault((waiter.key.server, waiter.key.user), [0, 0, 0, 0.0])
+        for waiter in slots.all_waiters():
+            row = totals.setdefault((waiter.key.server, waiter.key.user), [0, 0, 0, 0.0, 0.0, 0.0])
             row[2] += 1
+            row[4] = max(row[4], now - waiter.since)
+    for session in list(tier.sessions.values()):
+        idle = session.idle_in_transaction(now)
+        if idle and session.backend is not None:
+            row = totals.setdefault(
+                (session.backend.server_name, session.user), [0, 0, 0, 0.0, 0.0, 0.0]
+            )
+            row[5] = max(row[5], idle)
     out = []
-    for (server, user), (active, idle, waiting, max_wait) in sorted(totals.items()):
+    for (server, user), (active, idle, waiting, max_wait, oldest, idle_trans) in sorted(
+        totals.items()
+    ):
         slots = tier.pools.servers.get(server)
         out.append(
             PoolRow(
@@ -83,8 +102,10 @@ def pool_rows(tier: Tier) -> list[PoolRow]:
                 active=int(active),
                 idle=int(idle),
                 waiting=int(waiting),
-                max_wait_ms=round(max_wait * 1000),
+                max_wait_ms=round(max(max_wait, oldest) * 1000),
                 cap=slots.limit if slots is not None else 0,
+                oldest_wait_ms=round(oldest * 1000),
+                idle_in_transaction_ms=round(idle_trans * 1000),
             )
         )
     return out
@@ -130,7 +151,7 @@ def server_rows(tier: Tier) -> list[ServerRow]:
                 open=slots.open if slots else 0,
                 opening=slots.opening if slots else 0,
                 limit=slots.limit if slots else 0,
-                waiters=sum(not w.future.done() for w in slots.waiters) if slots else 0,
+                waiters=len(slots.all_waiters()) if slots else 0,
             )
         )
     return out

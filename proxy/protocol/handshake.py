@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import charsets
 from .codec import (
     ProtocolError,
     lenenc_bytes,
@@ -42,6 +43,8 @@ class Greeting:
     def parse(cls, payload: bytes) -> Greeting:
         if not payload:
             raise ProtocolError("empty greeting")
+        if len(payload) < 2:
+            raise ProtocolError("truncated greeting")
         if payload[0] == 0xFF:
             raise ProtocolError("server refused the connection with an error")
         if payload[0] != 10:
@@ -52,7 +55,9 @@ class Greeting:
         pos += 13  # 8 bytes of scramble + filler
         caps = read_u16(payload, pos)
         if len(payload) <= pos + 2:
-            return cls(version.decode(), conn_id, part1, caps, 0, 0, "")
+            return cls(_text(version), conn_id, part1, caps, 0, 0, "")
+        if len(payload) < pos + 18:
+            raise ProtocolError("truncated greeting")
         charset = payload[pos + 2]
         status = read_u16(payload, pos + 3)
         caps |= read_u16(payload, pos + 5) << 16
@@ -69,8 +74,8 @@ class Greeting:
         plugin = ""
         if caps & Capability.PLUGIN_AUTH and pos < len(payload):
             name, _ = read_nul_bytes(payload, pos) if b"\0" in payload[pos:] else (payload[pos:], 0)
-            plugin = name.decode()
-        return cls(version.decode(), conn_id, part1 + part2, caps, charset, status, plugin)
+            plugin = _text(name)
+        return cls(_text(version), conn_id, part1 + part2, caps, charset, status, plugin)
 
     def payload(self) -> bytes:
         caps = self.capabilities
@@ -124,6 +129,7 @@ class HandshakeResponse:
         charset = payload[8]
         if len(payload) == cls.SSL_REQUEST_LENGTH:
             raise ProtocolError("client asked for TLS, which this listener does not offer")
+        codec = charsets.codec_of(charset)  # names are in the client's character set
         user, pos = read_nul_bytes(payload, 32)
         if caps & Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA:
             auth, pos = read_lenenc_bytes(payload, pos)
@@ -140,46 +146,60 @@ class HandshakeResponse:
         database = None
         if caps & Capability.CONNECT_WITH_DB and pos < len(payload):
             db, pos = read_nul_bytes(payload, pos)
-            database = db.decode()
+            database = charsets.decode(db, codec)
         plugin = None
         if caps & Capability.PLUGIN_AUTH and pos < len(payload):
             name, pos = read_nul_bytes(payload, pos)
-            plugin = name.decode()
+            plugin = _text(name)
         attributes: dict[str, str] = {}
         if caps & Capability.CONNECT_ATTRS and pos < len(payload):
             block, pos = read_lenenc_bytes(payload, pos)
-            p = 0
-            while p < len(block):
-                key, p = read_lenenc_bytes(block, p)
-                value, p = read_lenenc_bytes(block, p)
-                attributes[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-        return cls(caps, max_packet, charset, user.decode(), auth, database, plugin, attributes)
+            attributes = _read_attributes(block, codec)
+        user_name = charsets.decode(user, codec)
+        return cls(caps, max_packet, charset, user_name, auth, database, plugin, attributes)
 
     def payload(self) -> bytes:
         caps = self.capabilities
         low = caps & LOW_32
         ext = caps >> MARIADB_EXT_SHIFT
         filler = b"\0" * 19 + (u32(ext) if not low & Capability.LONG_PASSWORD else b"\0" * 4)
+        codec = charsets.codec_of(self.charset)
         parts = [u32(low), u32(self.max_packet), bytes((self.charset,)), filler]
-        parts.append(self.user.encode() + b"\0")
+        parts.append(charsets.encode(self.user, codec) + b"\0")
         if low & Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA:
             parts.append(lenenc_bytes(self.auth_response))
         else:
             parts.append(bytes((len(self.auth_response),)) + self.auth_response)
         if low & Capability.CONNECT_WITH_DB:
-            parts.append((self.database or "").encode() + b"\0")
+            parts.append(charsets.encode(self.database or "", codec) + b"\0")
         if low & Capability.PLUGIN_AUTH:
             parts.append((self.auth_plugin or NATIVE_PASSWORD).encode() + b"\0")
         if low & Capability.CONNECT_ATTRS:
-            parts.append(encode_attributes(self.attributes))
+            parts.append(encode_attributes(self.attributes, codec))
         return b"".join(parts)
 
 
-def encode_attributes(attributes: dict[str, str]) -> bytes:
+def encode_attributes(attributes: dict[str, str], codec: str = charsets.DEFAULT) -> bytes:
     block = b"".join(
-        lenenc_bytes(k.encode()) + lenenc_bytes(v.encode()) for k, v in attributes.items()
+        lenenc_bytes(charsets.encode(k, codec)) + lenenc_bytes(charsets.encode(v, codec))
+        for k, v in attributes.items()
     )
     return lenenc_int(len(block)) + block
+
+
+def _read_attributes(block: bytes, codec: str) -> dict[str, str]:
+    attributes: dict[str, str] = {}
+    p = 0
+    while p < len(block):
+        key, p = read_lenenc_bytes(block, p)
+        value, p = read_lenenc_bytes(block, p)
+        attributes[charsets.decode(key, codec)] = charsets.decode(value, codec)
+    return attributes
+
+
+def _text(data: bytes) -> str:
+    """Protocol text sluice only shows or compares (versions, plugin names): never raises."""
+    return data.decode("utf-8", "replace")
 
 
 @dataclass(slots=True)
@@ -196,7 +216,7 @@ class AuthSwitchRequest:
         if len(payload) == 1:  # old-style: switch to mysql_old_password
             return cls("mysql_old_password", b"")
         name, pos = read_nul_bytes(payload, 1)
-        return cls(name.decode(), bytes(payload[pos:]).rstrip(b"\0"))
+        return cls(_text(name), bytes(payload[pos:]).rstrip(b"\0"))
 
     def payload(self) -> bytes:
         return b"\xfe" + self.plugin.encode() + b"\0" + self.data + b"\0"
@@ -214,7 +234,9 @@ class ChangeUser:
     attributes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, payload: bytes, capabilities: int) -> ChangeUser:
+    def parse(cls, payload: bytes, capabilities: int, charset: int = 45) -> ChangeUser:
+        """`charset`: the session's collation, which reads the names unless the request
+        announces another one (as the server does)."""
         if not payload or payload[0] != 0x11:
             raise ProtocolError("not a COM_CHANGE_USER")
         user, pos = read_nul_bytes(payload, 1)
@@ -223,36 +245,46 @@ class ChangeUser:
                 raise ProtocolError("truncated COM_CHANGE_USER")
             n = payload[pos]
             auth = bytes(payload[pos + 1 : pos + 1 + n])
+            if len(auth) != n:
+                raise ProtocolError("truncated COM_CHANGE_USER")
             pos += 1 + n
         else:
             auth, pos = read_nul_bytes(payload, pos)
         db, pos = read_nul_bytes(payload, pos) if pos < len(payload) else (b"", pos)
-        charset = None
+        announced = None
         plugin = None
         attributes: dict[str, str] = {}
+        codec = charsets.codec_of(charset)
         if pos + 2 <= len(payload):
-            charset = read_u16(payload, pos)
+            announced = read_u16(payload, pos)
+            if announced:
+                codec = charsets.codec_of(announced)
             pos += 2
             if capabilities & Capability.PLUGIN_AUTH and pos < len(payload):
                 name, pos = read_nul_bytes(payload, pos)
-                plugin = name.decode()
+                plugin = _text(name)
             if capabilities & Capability.CONNECT_ATTRS and pos < len(payload):
                 length, p = read_lenenc_int(payload, pos)
-                block = payload[p : p + length]
-                q = 0
-                while q < len(block):
-                    key, q = read_lenenc_bytes(block, q)
-                    value, q = read_lenenc_bytes(block, q)
-                    attributes[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-        return cls(user.decode(), auth, db.decode() or None, charset, plugin, attributes)
+                if p + length > len(payload):
+                    raise ProtocolError("truncated connect attributes in COM_CHANGE_USER")
+                attributes = _read_attributes(payload[p : p + length], codec)
+        return cls(
+            charsets.decode(user, codec),
+            auth,
+            charsets.decode(db, codec) or None,
+            announced,
+            plugin,
+            attributes,
+        )
 
     def payload(self, capabilities: int) -> bytes:
-        parts = [b"\x11", self.user.encode() + b"\0"]
+        codec = charsets.codec_of(self.charset)
+        parts = [b"\x11", charsets.encode(self.user, codec) + b"\0"]
         parts.append(bytes((len(self.auth_response),)) + self.auth_response)
-        parts.append((self.database or "").encode() + b"\0")
+        parts.append(charsets.encode(self.database or "", codec) + b"\0")
         parts.append(u16(self.charset or 0))
         if capabilities & Capability.PLUGIN_AUTH:
             parts.append((self.auth_plugin or NATIVE_PASSWORD).encode() + b"\0")
         if capabilities & Capability.CONNECT_ATTRS:
-            parts.append(encode_attributes(self.attributes))
+            parts.append(encode_attributes(self.attributes, codec))
         return b"".join(parts)

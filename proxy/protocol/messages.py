@@ -45,6 +45,7 @@ class OkPacket:
     warnings: int
     info: bytes = b""
     session_state: SessionState | None = None
+    state_block: bytes = b""  # the session-state-change bytes as the server sent them
 
 
 @dataclass(slots=True)
@@ -68,6 +69,7 @@ def parse_ok(payload: bytes, capabilities: int) -> OkPacket:
     pos += 4
     info = b""
     state = None
+    data = b""
     if capabilities & Capability.SESSION_TRACK:
         if pos < len(payload):
             info, pos = read_lenenc_bytes(payload, pos)
@@ -76,7 +78,7 @@ def parse_ok(payload: bytes, capabilities: int) -> OkPacket:
                 state = parse_session_state(data)
     else:
         info = bytes(payload[pos:])
-    return OkPacket(affected, last_id, status, warnings, info, state)
+    return OkPacket(affected, last_id, status, warnings, info, state, data)
 
 
 def parse_session_state(data: bytes) -> SessionState:
@@ -88,15 +90,15 @@ def parse_session_state(data: bytes) -> SessionState:
         if kind == TrackerType.SYSTEM_VARIABLES:
             name, p = read_lenenc_bytes(entry, 0)
             value, _ = read_lenenc_bytes(entry, p)
-            state.system_variables[name.decode()] = value.decode("utf-8", "replace")
+            state.system_variables[_raw_text(name)] = _raw_text(value)
         elif kind == TrackerType.SCHEMA:
-            state.schema = read_lenenc_bytes(entry, 0)[0].decode()
+            state.schema = _raw_text(read_lenenc_bytes(entry, 0)[0])
         elif kind == TrackerType.STATE_CHANGE:
             state.state_changed = True
         elif kind == TrackerType.TRANSACTION_STATE:
-            state.transaction_state = read_lenenc_bytes(entry, 0)[0].decode()
+            state.transaction_state = _raw_text(read_lenenc_bytes(entry, 0)[0])
         elif kind == TrackerType.TRANSACTION_CHARACTERISTICS:
-            state.transaction_characteristics = read_lenenc_bytes(entry, 0)[0].decode()
+            state.transaction_characteristics = _raw_text(read_lenenc_bytes(entry, 0)[0])
         elif kind == TrackerType.GTIDS:
             state.gtids = entry
         # Unknown tracker types are skipped: the server may know more than we do.
@@ -172,6 +174,12 @@ def string_payload(text: str) -> bytes:
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
+
+
+def _raw_text(data: bytes) -> str:
+    """Session state as the server reported it: its utf8, with any other bytes kept as they
+    were (surrogateescape), so that replaying a value sends the server exactly its own bytes."""
+    return data.decode("utf-8", "surrogateescape")
 
 
 TYPE_LONGLONG = 0x08

@@ -264,6 +264,8 @@ class ResponseScanner:
     def _terminator(self, data: bytes, p: int, length: int) -> int:
         """EOF or (under DEPRECATE_EOF) OK closing a result set or a piece of one."""
         if length < 9:
+            if length < 5:
+                raise ProtocolError(f"EOF packet of {length} bytes (expected 5)")
             status = data[p + 3] | data[p + 4] << 8
             self.warnings = data[p + 1] | data[p + 2] << 8
             if status & _STATE_CHANGED:
@@ -274,7 +276,13 @@ class ResponseScanner:
         return FIRST if status & _MORE else DONE
 
     def _ok(self, data: bytes, p: int, length: int) -> int:
-        """Status of an OK packet; keeps what it reports of session state."""
+        """Status of an OK packet; keeps what it reports of session state.
+
+        The packet is whole in `data` (which may go on with the next ones): every read is
+        checked against its length, never against the end of `data`."""
+        end = p + length
+        if length < 7:
+            raise ProtocolError(f"OK packet of {length} bytes (expected at least 7)")
         b = data[p + 1]  # affected rows: what ROW_COUNT() now returns for a statement
         if b < 0xFB:
             self.affected_rows = b
@@ -283,6 +291,8 @@ class ResponseScanner:
             n = 2 if b == 0xFC else 3 if b == 0xFD else 8
             self.affected_rows = int.from_bytes(data[p + 2 : p + 2 + n], "little")
             q = p + 2 + n
+            if q + 5 > end:
+                raise ProtocolError("truncated OK packet")
         b = data[q]  # last insert id: what LAST_INSERT_ID() now returns on this connection
         if b:
             if b < 0xFB:
@@ -292,6 +302,8 @@ class ResponseScanner:
                 n = 2 if b == 0xFC else 3 if b == 0xFD else 8
                 self.insert_id = int.from_bytes(data[q + 1 : q + 1 + n], "little")
                 q += 1 + n
+                if q + 4 > end:
+                    raise ProtocolError("truncated OK packet")
         else:
             q += 1
         status = data[q] | data[q + 1] << 8
@@ -323,7 +335,7 @@ class ResponseScanner:
                 return FIRST
             count = first
             if first >= 0xFB:
-                if first == 0xFC:
+                if first == 0xFC and length >= 3:
                     count = data[p + 1] | data[p + 2] << 8
                 else:
                     raise ProtocolError(f"unexpected response header 0x{first:02x}")
@@ -331,7 +343,7 @@ class ResponseScanner:
             self.result_set = True
             return COLUMNS
         if state == COLUMNS_EOF:
-            if first != 0xFE:
+            if first != 0xFE or length < 5:
                 raise ProtocolError("expected EOF after column definitions")
             status = data[p + 3] | data[p + 4] << 8
             self.status = status
