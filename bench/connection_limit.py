@@ -63,6 +63,13 @@ failing clients, so the overall ratio alone says little). Results go to
         [--seconds 10] [--think-ms 0] [--workers 1] [--hosts 4] [--clients-per-host N]
         [--local-pool 24] [--tier-workers H] [--phases direct,sluice,direct-total,two-tier]
 
+The **storm** case (``--storm N``, 0 to skip; 4,000 by default) is what an app deploy does to a
+busy funnel: while every connection the pool may open is busy with a slow query
+(``SELECT SLEEP``), N clients connect at once (aiomysql, from this process) and the time each
+one takes to log in is recorded: p50/p99/max and errors, through sluice and, beside it, direct
+to the database (where the slow queries hold ``--db-limit`` connections). Through sluice a
+login never waits for the pool, so the logins should take milliseconds with no error.
+
 Load generator, sluice and MariaDB all share this machine (two cores on the reference box), so
 absolute throughput is bounded by the sum of their CPU per statement, and the Python load
 generator (aiomysql on uvloop) is itself a large share of it. ``--workers`` splits the clients
@@ -1225,6 +1232,110 @@ def tier_lines(t: dict[str, Any], args: argparse.Namespace) -> list[str]:
     return lines
 
 
+# --- the login storm ---------------------------------------------------------------------------
+
+
+STORM_HOLD = 20.0  # seconds each slow query holds its connection (longer than the storm)
+
+
+async def _storm(port: int, clients: int, busy: int) -> dict[str, Any]:
+    """`busy` clients start a slow query each, then `clients` log in at once (timed)."""
+    import aiomysql
+
+    async def login() -> Any:
+        return await aiomysql.connect(
+            host=HOST,
+            port=port,
+            user="app",
+            password="app-pass",
+            db="app",
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+        )
+
+    async def slow(conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            async with conn.cursor() as cur:
+                await cur.execute(f"SELECT SLEEP({STORM_HOLD:g})")
+
+    warm = await login()  # the tier has served this user before (as in production)
+    async with warm.cursor() as cur:
+        await cur.execute("SELECT 1")
+    warm.close()
+    holders = []
+    for _ in range(busy):
+        with contextlib.suppress(Exception):
+            holders.append(await login())
+    sleepers = [asyncio.ensure_future(slow(c)) for c in holders]
+    await asyncio.sleep(1.0)  # every slow query is running
+
+    times: list[float] = []
+    errors: Counter[str] = Counter()
+    opened: list[Any] = []
+
+    async def one() -> None:
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                opened.append(await login())
+            times.append(time.monotonic() - began)
+        except TimeoutError:
+            errors["timeout"] += 1
+        except Exception as exc:
+            errors[error_code(exc)] += 1
+
+    began = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(clients)))
+    storm_seconds = time.monotonic() - began
+    for conn in opened + holders:
+        conn.close()
+    for task in sleepers:
+        task.cancel()
+    times.sort()
+    return {
+        "clients": clients,
+        "busy_connections": len(holders),
+        "logged_in": len(times),
+        "errors": dict(errors),
+        "storm_seconds": round(storm_seconds, 3),
+        "login_ms": {
+            "p50": round(percentile(times, 50) * 1000, 1) if times else None,
+            "p99": round(percentile(times, 99) * 1000, 1) if times else None,
+            "max": round(times[-1] * 1000, 1) if times else None,
+        },
+    }
+
+
+def run_storm(port: int, clients: int, busy: int) -> dict[str, Any]:
+    import uvloop
+
+    from proxy.tier import raise_nofile_limit
+
+    raise_nofile_limit()  # thousands of client sockets in this one process
+    return uvloop.run(_storm(port, clients, busy))
+
+
+def storm_lines(storm: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "login storm: clients connecting at once while every pooled connection runs a slow query",
+        f"{'target':12} {'clients':>7} {'busy':>5} {'logged in':>9} {'errors':>24} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}",
+    ]
+    for name, r in storm.items():
+        ms = r["login_ms"]
+
+        def show(v: float | None) -> str:
+            return "-" if v is None else f"{v:g}"
+
+        lines.append(
+            f"{name:12} {r['clients']:>7} {r['busy_connections']:>5} {r['logged_in']:>9} "
+            f"{fmt_errors(r['errors']):>24} {show(ms['p50']):>8} {show(ms['p99']):>8} "
+            f"{show(ms['max']):>8}"
+        )
+    return lines
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -1279,6 +1390,12 @@ def main() -> int:
         help="load-generator processes in the two-tier phases (default: one per app host)",
     )
     parser.add_argument(
+        "--storm",
+        type=int,
+        default=4000,
+        help="clients logging in at once while the pool is busy (0: skip the storm case)",
+    )
+    parser.add_argument(
         "--phases",
         default=",".join(PHASES),
         help=f"comma-separated subset of {','.join(PHASES)} (default: all)",
@@ -1328,6 +1445,18 @@ def main() -> int:
             if left:
                 print(f"note: {left} database connections still open after the {after} phase")
 
+        storm: dict[str, dict[str, Any]] = {}
+        if args.storm:
+            # Direct: the slow queries take every connection the database allows (minus the
+            # one spare MariaDB keeps), as the pool's do through sluice.
+            storm["direct"] = run_storm(db.port, args.storm, args.db_limit)
+            settle("direct storm")
+            storm_tier, storm_port = start_sluice(work, db, args)
+            try:
+                storm["sluice"] = run_storm(storm_port, args.storm, args.cap)
+            finally:
+                stop_process(storm_tier)
+            settle("sluice storm")
         if "direct" in chosen:
             phases["direct"] = run_phase("direct", db.port, args, extra_port, db.pid)
             settle("direct")
@@ -1395,6 +1524,8 @@ def main() -> int:
             phases["two-tier"]["exit_codes"] = {n: codes[n] for n in names}
             phases["two-tier"]["logs"] = {n: logs[n][-200:] for n in names}
         text = report(phases, args)
+        if storm:
+            text += "\n" + "\n".join(storm_lines(storm))
         print("\n" + text)
         for tier_name, lines in logs.items():
             if lines:
@@ -1407,7 +1538,11 @@ def main() -> int:
                 print(f"\n{tier_name} exited with {rc} on SIGTERM")
         out = ROOT / "bench/results/connection_limit.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"args": vars(args), "phases": phases, "table": text}, indent=1))
+        out.write_text(
+            json.dumps(
+                {"args": vars(args), "phases": phases, "storm": storm, "table": text}, indent=1
+            )
+        )
         print(f"\nwrote {out}")
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
