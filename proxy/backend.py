@@ -27,6 +27,7 @@ from .protocol.scanner import ResponseScanner
 from .session_state import SessionState
 
 if TYPE_CHECKING:
+    from .config import KeepaliveConfig
     from .users import Credential
 
 log = logging.getLogger("sluice.backend")
@@ -483,8 +484,11 @@ class ServerConnection(asyncio.Protocol):
             rows.append(row)
 
 
-async def open_connection(server_name: str, address: object, timeout: float) -> ServerConnection:
-    """Open a transport to `address` (a config Address) and return its ServerConnection."""
+async def open_connection(
+    server_name: str, address: object, timeout: float, keepalive: KeepaliveConfig | None = None
+) -> ServerConnection:
+    """Open a transport to `address` (a config Address) and return its ServerConnection;
+    with `keepalive`, a TCP one gets TCP keepalive and TCP_USER_TIMEOUT (see health)."""
     loop = asyncio.get_running_loop()
     text = str(address)
 
@@ -495,9 +499,13 @@ async def open_connection(server_name: str, address: object, timeout: float) -> 
         if address.kind == "unix":  # type: ignore[attr-defined]
             _, conn = await loop.create_unix_connection(factory, address.path)  # type: ignore[attr-defined]
         else:
-            _, conn = await loop.create_connection(
+            transport, conn = await loop.create_connection(
                 factory,
                 address.host,  # type: ignore[attr-defined]
                 address.port,  # type: ignore[attr-defined]
             )
+            if keepalive is not None:
+                from .health import set_keepalive
+
+                set_keepalive(transport.get_extra_info("socket"), keepalive, user_timeout=True)
     return conn

@@ -228,6 +228,34 @@ class Credentials:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepaliveConfig:
+    """TCP keepalive (and, upstream, TCP_USER_TIMEOUT): a peer that vanished without a reset
+    is noticed within idle + interval x count seconds, not Linux's ~15 minutes."""
+
+    idle: float = 10.0
+    interval: float = 2.0
+    count: int = 3
+    user_timeout: float | None = None  # unacknowledged data; None: idle + interval x count
+
+    @property
+    def bound(self) -> float:
+        """TCP_USER_TIMEOUT: how long sent data may stay unacknowledged."""
+        if self.user_timeout is not None:
+            return self.user_timeout
+        return self.idle + self.interval * self.count
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """The health probe of every upstream server: a server that does not answer `failures`
+    probes in a row, each within `timeout`, is down."""
+
+    interval: float = 0.5
+    timeout: float = 1.0
+    failures: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     """Where this tier's pool connects, and the accounts a remote tier needs to manage them."""
 
@@ -235,6 +263,8 @@ class UpstreamConfig:
     monitor: Credentials | None = None
     replication: Credentials | None = None
     connect_timeout: float = 5.0
+    keepalive: KeepaliveConfig = KeepaliveConfig()
+    health: HealthConfig = HealthConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +302,7 @@ class LimitsConfig:
     max_clients: int = 10000
     handshake_timeout: float = 10.0
     max_packet_size: int = 64 * MiB
+    keepalive: KeepaliveConfig = KeepaliveConfig(idle=60.0, interval=10.0, count=3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +312,15 @@ class PauseConfig:
     drain_timeout: float = 5.0  # open transactions may finish this long; then they are killed
     max_pause: float = 30.0  # a pause longer than this ends by itself, with a warning
     max_queued: int = 10000  # statements waiting for RESUME; more get an error at once
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverConfig:
+    """What a remote tier does while it has no writer (the primary died or went read-only)."""
+
+    mode: Literal["off", "buffer", "auto"] = "off"  # default: buffer when a monitor is set
+    buffer_window: float = 10.0  # the longest a command waits for a writer; then an error
+    max_buffered: int = 10000  # commands waiting at once; more get an error at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +370,7 @@ class Config:
     pause: PauseConfig = PauseConfig()
     switchover: SwitchoverConfig = SwitchoverConfig()
     heartbeat: HeartbeatConfig | None = None
+    failover: FailoverConfig = FailoverConfig()
 
     def user(self, name: str) -> UserConfig | None:
         """The client account called ``name`` (case-sensitive, as in MySQL), if any."""
@@ -544,8 +585,40 @@ def _parse_credentials(value: object, path: str) -> Credentials:
     )
 
 
+def _parse_keepalive(value: object, path: str, defaults: KeepaliveConfig) -> KeepaliveConfig:
+    allowed = ("count", "idle", "interval") + (("user_timeout",) if path.startswith("up") else ())
+    section = _section(value, path, allowed)
+    user_timeout = None
+    if "user_timeout" in section:
+        user_timeout = _timeout(section["user_timeout"], f"{path}.user_timeout", positive=True)
+    return KeepaliveConfig(
+        idle=_timeout(section.get("idle", defaults.idle), f"{path}.idle", positive=True),
+        interval=_timeout(
+            section.get("interval", defaults.interval), f"{path}.interval", positive=True
+        ),
+        count=_integer(section.get("count", defaults.count), f"{path}.count", minimum=1),
+        user_timeout=user_timeout,
+    )
+
+
+def _parse_health(value: object) -> HealthConfig:
+    section = _section(value, "upstream.health", ("failures", "interval", "timeout"))
+    d = HealthConfig()
+    return HealthConfig(
+        interval=_timeout(
+            section.get("interval", d.interval), "upstream.health.interval", positive=True
+        ),
+        timeout=_timeout(
+            section.get("timeout", d.timeout), "upstream.health.timeout", positive=True
+        ),
+        failures=_integer(
+            section.get("failures", d.failures), "upstream.health.failures", minimum=1
+        ),
+    )
+
+
 def _parse_upstream(value: object) -> UpstreamConfig:
-    allowed = ("connect_timeout", "monitor", "replication", "servers")
+    allowed = ("connect_timeout", "health", "keepalive", "monitor", "replication", "servers")
     section = _section(value, "upstream", allowed, required=("servers",))
     defaults = UpstreamConfig(servers=())
 
@@ -563,6 +636,10 @@ def _parse_upstream(value: object) -> UpstreamConfig:
             "upstream.connect_timeout",
             positive=True,
         ),
+        keepalive=_parse_keepalive(
+            section.get("keepalive", {}), "upstream.keepalive", defaults.keepalive
+        ),
+        health=_parse_health(section.get("health", {})),
     )
 
 
@@ -651,7 +728,9 @@ def _parse_admin(value: object, allow_zero_port: bool) -> AdminConfig:
 
 
 def _parse_limits(value: object) -> LimitsConfig:
-    section = _section(value, "limits", ("handshake_timeout", "max_clients", "max_packet_size"))
+    section = _section(
+        value, "limits", ("handshake_timeout", "keepalive", "max_clients", "max_packet_size")
+    )
     d = LimitsConfig()
     packet = parse_size(section.get("max_packet_size", d.max_packet_size), "limits.max_packet_size")
     if not KiB <= packet <= GiB:
@@ -668,6 +747,7 @@ def _parse_limits(value: object) -> LimitsConfig:
             positive=True,
         ),
         max_packet_size=packet,
+        keepalive=_parse_keepalive(section.get("keepalive", {}), "limits.keepalive", d.keepalive),
     )
 
 
@@ -680,6 +760,37 @@ def _parse_pause(value: object) -> PauseConfig:
         ),
         max_pause=_timeout(section.get("max_pause", d.max_pause), "pause.max_pause", positive=True),
         max_queued=_integer(section.get("max_queued", d.max_queued), "pause.max_queued", minimum=0),
+    )
+
+
+def _parse_failover(value: object, tier: str, upstream: UpstreamConfig) -> FailoverConfig:
+    section = _section(value, "failover", ("buffer_window", "max_buffered", "mode"))
+    d = FailoverConfig()
+    default_mode = "buffer" if tier == "remote" and upstream.monitor is not None else "off"
+    mode = _choice(section.get("mode", default_mode), "failover.mode", ("off", "buffer", "auto"))
+    if mode != "off" and tier != "remote":
+        raise ConfigError(
+            "failover.mode", "only a remote tier fails over (a local tier follows its remote tiers)"
+        )
+    if mode != "off" and upstream.monitor is None:
+        raise ConfigError(
+            "failover.mode",
+            f"{mode!r} needs upstream.monitor (the account that finds the new writer)",
+        )
+    if mode == "auto":
+        raise ConfigError(
+            "failover.mode",
+            "'auto' needs fleet.etcd, which this version does not have yet; use 'buffer' "
+            "with an outside orchestrator (see deploy/hooks)",
+        )
+    return FailoverConfig(
+        mode="buffer" if mode == "buffer" else "off",
+        buffer_window=_timeout(
+            section.get("buffer_window", d.buffer_window), "failover.buffer_window", positive=True
+        ),
+        max_buffered=_integer(
+            section.get("max_buffered", d.max_buffered), "failover.max_buffered", minimum=0
+        ),
     )
 
 
@@ -748,6 +859,7 @@ def _parse_log(value: object) -> LogConfig:
 
 _TOP_LEVEL = (
     "admin",
+    "failover",
     "heartbeat",
     "limits",
     "listen",
@@ -789,18 +901,20 @@ def _parse_config(data: object, allow_zero_port: bool) -> Config:
     for key, address in (("mysql", admin.mysql), ("http", admin.http)):
         if address is not None and address in listen and not _any_port(address):
             raise ConfigError(f"admin.{key}", f"address '{address}' is already used by listen")
+    upstream = _parse_upstream(section["upstream"])
     return Config(
         tier="remote" if tier == "remote" else "local",
         listen=listen,
         admin=admin,
         users=_parse_users(section["users"]),
-        upstream=_parse_upstream(section["upstream"]),
+        upstream=upstream,
         pool=_parse_pool(section.get("pool", {})),
         limits=_parse_limits(section.get("limits", {})),
         log=_parse_log(section.get("log", {})),
         pause=_parse_pause(section.get("pause", {})),
         switchover=_parse_switchover(section.get("switchover", {})),
         heartbeat=_parse_heartbeat(section.get("heartbeat")),
+        failover=_parse_failover(section.get("failover", {}), tier, upstream),
     )
 
 
@@ -879,6 +993,12 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
     def credentials(creds: Credentials) -> dict[str, object]:
         return {"user": creds.user, "password": secret(creds.password)}
 
+    def keepalive(k: KeepaliveConfig) -> dict[str, object]:
+        out: dict[str, object] = {"idle": k.idle, "interval": k.interval, "count": k.count}
+        if k.user_timeout is not None:
+            out["user_timeout"] = k.user_timeout
+        return out
+
     admin: dict[str, object] = {}
     if cfg.admin.mysql is not None:
         admin["mysql"] = str(cfg.admin.mysql)
@@ -909,6 +1029,12 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
     if cfg.upstream.replication is not None:
         upstream["replication"] = credentials(cfg.upstream.replication)
     upstream["connect_timeout"] = cfg.upstream.connect_timeout
+    upstream["keepalive"] = keepalive(cfg.upstream.keepalive)
+    upstream["health"] = {
+        "interval": cfg.upstream.health.interval,
+        "timeout": cfg.upstream.health.timeout,
+        "failures": cfg.upstream.health.failures,
+    }
 
     pool, limits, log = cfg.pool, cfg.limits, cfg.log
     return {
@@ -931,12 +1057,18 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
             "max_clients": limits.max_clients,
             "handshake_timeout": limits.handshake_timeout,
             "max_packet_size": limits.max_packet_size,
+            "keepalive": keepalive(limits.keepalive),
         },
         "log": {"level": log.level, "format": log.format},
         "pause": {
             "drain_timeout": cfg.pause.drain_timeout,
             "max_pause": cfg.pause.max_pause,
             "max_queued": cfg.pause.max_queued,
+        },
+        "failover": {
+            "mode": cfg.failover.mode,
+            "buffer_window": cfg.failover.buffer_window,
+            "max_buffered": cfg.failover.max_buffered,
         },
         "switchover": {
             "peers": [str(address) for address in cfg.switchover.peers],

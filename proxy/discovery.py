@@ -85,9 +85,11 @@ def dialect_of(conn: ServerConnection) -> Dialect:
     return for_version(conn.greeting.server_version)
 
 
-async def probe(upstream: Upstream, server: ServerConfig, monitor: Credentials) -> ServerRole:
+async def probe(
+    upstream: Upstream, server: ServerConfig, monitor: Credentials, timeout: float = PROBE_TIMEOUT
+) -> ServerRole:
     try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
+        async with asyncio.timeout(timeout):
             conn = await monitor_connection(upstream, server, monitor, "discovery")
             try:
                 dialect = dialect_of(conn)
@@ -96,7 +98,7 @@ async def probe(upstream: Upstream, server: ServerConfig, monitor: Credentials) 
             finally:
                 conn.close()
     except TimeoutError:
-        return ServerRole(server, problem=f"no answer within {PROBE_TIMEOUT:g}s")
+        return ServerRole(server, problem=f"no answer within {timeout:g}s")
     except errors.ClientError as exc:
         return ServerRole(server, problem=exc.message)
     except (UpstreamError, ProtocolError, ConnectionError, OSError, DialectError) as exc:
@@ -136,9 +138,11 @@ class Discovery:
         return f"no clear writer among {names} ({self.describe()})"
 
 
-async def discover_writer(upstream: Upstream, monitor: Credentials) -> Discovery:
+async def discover_writer(
+    upstream: Upstream, monitor: Credentials, timeout: float = PROBE_TIMEOUT
+) -> Discovery:
     """Ask every server at once (the tier decides what to do with the answers)."""
-    roles = await asyncio.gather(*(probe(upstream, s, monitor) for s in upstream.servers))
+    roles = await asyncio.gather(*(probe(upstream, s, monitor, timeout) for s in upstream.servers))
     upstream.roles = {r.server.name: r.role for r in roles}
     upstream.probes = {r.server.name: r for r in roles}
     return Discovery(list(roles))

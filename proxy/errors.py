@@ -34,9 +34,10 @@ def access_denied(user: str, host: str, used_password: bool) -> ClientError:
 class UpstreamUnreachable(ClientError):
     """No connection to an upstream server could be made (refused, timed out, broken)."""
 
-    def __init__(self, server: str, message: str) -> None:
+    def __init__(self, server: str, message: str, reason: str = "") -> None:
         super().__init__(ErrorCode.CONNECT_TO_FOREIGN_DATA_SOURCE, message)
         self.server = server
+        self.reason = reason or message
 
 
 def upstream_unreachable(server: str, address: str, reason: str) -> UpstreamUnreachable:
@@ -44,6 +45,7 @@ def upstream_unreachable(server: str, address: str, reason: str) -> UpstreamUnre
         server,
         f"cannot connect to upstream '{server}' at {address} ({reason}); check that the "
         "server is up and reachable, then retry",
+        reason,
     )
 
 

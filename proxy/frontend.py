@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import errors
 from .backend import ServerConnection, ServerStatement, UpstreamError
+from .health import set_keepalive
 from .logs import Throttled
 from .pool import POOL_KEY_CAPABILITIES, PoolKey, ServerRetired
 from .protocol import capabilities
@@ -53,6 +54,7 @@ from .session_state import (
     charset_set_key,
     charset_set_ok,
     diagnostic_query,
+    idle_status,
     parse_kill,
     pin_reason,
     scan_statement,
@@ -117,6 +119,7 @@ CLEAR_DIAGNOSTICS = "SELECT 1 FROM (SELECT 1) AS sluice_clear_diagnostics"
 """Resets the warnings/errors a connection keeps (a statement using no table leaves them)."""
 _KEEP_STATUS = int(Status.IN_TRANS | Status.CURSOR_EXISTS)
 _IN_TRANS = int(Status.IN_TRANS)
+_PING = int(Command.PING)
 _CURSOR_EXISTS = int(Status.CURSOR_EXISTS)
 _STATEMENT_COMMANDS = frozenset(
     (
@@ -242,6 +245,7 @@ class ClientSession(asyncio.Protocol):
         if not self.tier.admit(self):
             self._fail(errors.too_many_clients(self.tier.config.limits.max_clients), seq=0)
             return
+        set_keepalive(transport.get_extra_info("socket"), self.tier.config.limits.keepalive, False)
         # A timer, not a timeout inside the login coroutine: it holds even if that coroutine
         # is stuck or died.
         self._deadline = asyncio.get_running_loop().call_later(
@@ -263,9 +267,9 @@ class ClientSession(asyncio.Protocol):
             self._reader.feed(data)
             if state == READY:
                 self._drain()
-            elif state == HANDSHAKE:
-                self._wake()
-            elif state == BUSY and self._reader.pending > PIPELINE_LIMIT:
+                return
+            self._wake()  # a login or change-user may be waiting for this
+            if state == BUSY and self._reader.pending > PIPELINE_LIMIT:
                 self.pause_reading(PAUSE_PIPELINE)
         except Exception as exc:
             self.crashed(exc)
@@ -366,9 +370,12 @@ class ClientSession(asyncio.Protocol):
         return self.state in (BUSY, INFILE) or self._inside_work()
 
     async def _wait_gate(self) -> None:
+        """Wait while new work is held: the write gate (PAUSE), then failover buffering."""
         self._gated = True
         try:
             await self.tier.gate.wait()
+            if self.tier.failover.buffering:
+                await self.tier.failover.wait()
         finally:
             self._gated = False
 
@@ -443,8 +450,22 @@ class ClientSession(asyncio.Protocol):
         backend.abort()
         self.tier.pools.discard(backend)
 
-    def leave_server(self, server: str) -> None:
-        """`server` is no longer the writer: give back a connection held there.
+    def server_hung(self, server: str) -> None:
+        """`server` stopped answering its health probes: a command running there gets 1927
+        now (the session goes on elsewhere unless it holds a transaction or pinned state
+        there), and a connection held there is given up."""
+        backend = self.backend
+        if backend is None or backend.server_name != server:
+            return
+        if self.state in (BUSY, INFILE) and not self._gated:
+            backend.lost_reason = f"{server} stopped answering"
+            backend.abort()  # upstream_lost answers the client
+            return
+        self.leave_server(server, "stopped answering")
+
+    def leave_server(self, server: str, why: str = "stopped being the primary") -> None:
+        """`server` is no longer the writer (or stopped answering): give back a connection
+        held there.
 
         In a switchover the gate is closed and drained, so nothing runs on it; a writer check
         or an orchestrator's retarget may come at any time. A transaction open there, or a
@@ -467,7 +488,7 @@ class ClientSession(asyncio.Protocol):
                 what = f"your open transaction on {server} was rolled back"
             self._fatal = errors.ClientError(
                 errors.ErrorCode.CONNECTION_KILLED,
-                f"{what}, and {server} stopped being the primary; its state cannot move: "
+                f"{what}, and {server} {why}; its state cannot move: "
                 "reconnect (and retry the transaction)",
             )
             self.backend = None
@@ -575,7 +596,12 @@ class ClientSession(asyncio.Protocol):
         if self._fatal is not None:  # its transaction was killed by a pause
             self._fail(self._fatal, seq=(msg.last_seq if msg is not None else 0) + 1)
             return
-        if self.tier.gate.closed and not self._inside_work():
+        if command == _PING and self.backend is None:
+            # Is sluice there? It is: health probes (a local tier's of its remote tiers, a
+            # driver's pre-ping) must not wait for the pool or a writer.
+            self._reply(frame(self._reply_seq, ok_payload(idle_status(self.session))))
+            return
+        if self.tier.hold_new_work and not self._inside_work():
             self.state = BUSY
             self._spawn(self._after_gate(raw, command, msg))
             return
@@ -909,22 +935,35 @@ class ClientSession(asyncio.Protocol):
 
         If the session's upstream refuses connections, a local tier moves the session to
         another of its remote tiers (its state replays there like anywhere else)."""
-        upstream = self.tier.upstream
-        remote = self.tier.config.tier == "remote"
+        tier = self.tier
+        upstream = tier.upstream
+        remote = tier.config.tier == "remote"
         tried: set[str] = set()
         while True:
             assert self.pool_key is not None
+            if remote and gated and tier.failover.buffering and not self._inside_work():
+                await self._wait_gate()  # no writer for now: new work waits for one
             if remote and self.pool_key.server != getattr(upstream.current, "name", None):
                 # The writer moved (switchover) or is unknown: follow it, or say why not.
                 if upstream.current is None:
-                    raise errors.no_writer(upstream.writer_problem or "no writer is known")
+                    problem = upstream.writer_problem or "no writer is known"
+                    if gated and tier.failover.writer_lost(problem):
+                        continue
+                    raise errors.no_writer(problem)
                 self.pool_key = dataclasses.replace(self.pool_key, server=upstream.current.name)
+            elif not remote and tier.server_is_down(self.pool_key.server):
+                # A remote tier stopped answering: this session moves to another.
+                other = upstream.pick(exclude={self.pool_key.server, *tried})
+                if other is not None:
+                    self.pool_key = dataclasses.replace(self.pool_key, server=other.name)
             try:
                 conn = await self._acquire_here(wait)
             except ServerRetired:
                 continue  # the writer moved while we waited: follow it
             except errors.UpstreamUnreachable as exc:
                 assert self.pool_key is not None
+                if remote and gated and tier.failover.writer_lost(f"{exc.server}: {exc.reason}"):
+                    continue  # wait for a writer (the loop's first step)
                 upstream.mark_down(exc.server)
                 tried.add(exc.server)
                 other = upstream.pick(exclude=tried)
@@ -1267,9 +1306,15 @@ class ClientSession(asyncio.Protocol):
         1049) ends the session with the database's own error, as a refused login would."""
         self.credential = credential
         self.user = credential.user
-        home = self.tier.upstream.pick()
+        tier = self.tier
+        buffering = tier.failover.enabled
+        home = tier.upstream.pick()
         if home is None:
-            raise errors.no_writer(self.tier.upstream.writer_problem or "no upstream is known")
+            if not buffering:
+                raise errors.no_writer(tier.upstream.writer_problem or "no upstream is known")
+            # No writer right now: the login completes, the first command waits for one (the
+            # pool key follows the writer anyway).
+            home = tier.upstream.servers[0]
         self.pool_key = PoolKey(
             home.name,
             credential.user,
@@ -1280,10 +1325,17 @@ class ClientSession(asyncio.Protocol):
         self._unverified = True
         if self.tier.logins.accepted(home.name, credential.user, database):
             return
+        if buffering and (tier.failover.buffering or tier.upstream.current is None):
+            return  # checked at the first command, once there is a writer
         self._step = f"checking the login on a free connection to {home.name}"
         # Logging in is no work to pause (and a pause must not turn into handshake timeouts
         # for new clients).
-        backend = await self._acquire(gated=False, wait=False)
+        try:
+            backend = await self._acquire(gated=False, wait=False)
+        except errors.UpstreamUnreachable as exc:
+            if not (buffering and tier.failover.writer_lost(f"{exc.server}: {exc.reason}")):
+                raise
+            return  # the first command waits for a writer
         if backend is not None:
             self.tier.pools.release(backend)
             if self.state != CLOSED:
@@ -1307,7 +1359,12 @@ class ClientSession(asyncio.Protocol):
             request = parse_client_message(
                 ChangeUser.parse, payload, self.capabilities, self.charset
             )
-            token = await self._native_token(request.auth_plugin, request.auth_response)
+            timeout = self.tier.config.limits.handshake_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    token = await self._native_token(request.auth_plugin, request.auth_response)
+            except TimeoutError:
+                raise errors.login_timed_out(timeout, self._step) from None
             credential = self.tier.users.authenticate(request.user, self.scramble, token)
             if credential is None:
                 self.tier.auth_failures += 1

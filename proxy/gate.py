@@ -81,6 +81,7 @@ class Gate:
         if not self.closed:
             loop = asyncio.get_running_loop()
             self.closed = True
+            self.tier.update_hold()
             self.generation += 1
             self.paused_at = started
             self._released = loop.create_future()
@@ -112,6 +113,7 @@ class Gate:
         if not self.closed:
             return 0.0
         self.closed = False
+        self.tier.update_hold()
         if self._auto_resume is not None:
             self._auto_resume.cancel()
             self._auto_resume = None

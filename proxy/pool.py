@@ -670,6 +670,14 @@ class PoolManager:
         """`server` is the writer (again): its pools may keep connections."""
         self.servers[server].retired = False
 
+    def close_idle(self, server: str) -> None:
+        """Close the idle connections to `server` (it stopped answering: they would hang)."""
+        for pool in self.pools.values():
+            if pool.key.server == server:
+                for conn in pool.idle:
+                    self._close(conn)
+                pool.idle.clear()
+
     def close_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()

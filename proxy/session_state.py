@@ -312,12 +312,18 @@ class CharsetEffect:
     block: bytes  # the session-state-change bytes of its OK, sent again as they were
 
 
-def charset_set_ok(effect: CharsetEffect, session: SessionState, tracking: bool) -> bytes:
-    """The OK the server sends for a charset statement, for this session's state (which the
-    effect has already been applied to)."""
+def idle_status(session: SessionState) -> int:
+    """The status flags of an OK for a session outside a transaction, from its state."""
     status = 0 if session.variables.get("autocommit") == "OFF" else _AUTOCOMMIT
     if "NO_BACKSLASH_ESCAPES" in session.variables.get("sql_mode", ""):
         status |= _NO_BACKSLASH_ESCAPES
+    return status
+
+
+def charset_set_ok(effect: CharsetEffect, session: SessionState, tracking: bool) -> bytes:
+    """The OK the server sends for a charset statement, for this session's state (which the
+    effect has already been applied to)."""
+    status = idle_status(session)
     if not tracking:
         return ok_payload(status)
     return ok_payload(status | _STATE_CHANGED_FLAG) + lenenc_bytes(b"") + lenenc_bytes(effect.block)

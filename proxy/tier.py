@@ -20,9 +20,11 @@ import time
 from typing import TYPE_CHECKING
 
 from .config import Address, Config, ServerConfig
-from .discovery import discover_writer
+from .discovery import PROBE_TIMEOUT, discover_writer
+from .failover import Failover
 from .frontend import BUSY, INFILE, ClientSession
 from .gate import Gate
+from .health import HealthMonitor
 from .heartbeat import Heartbeat
 from .pool import PoolManager
 from .session_state import CharsetSets
@@ -57,6 +59,9 @@ class Tier:
         self.logins = KnownLogins()
         self.charset_sets = CharsetSets()  # what SET NAMES & co. do, learned from the upstream
         self.gate = Gate(self, config.pause)
+        self.failover = Failover(self, config.failover)
+        self.health: HealthMonitor | None = None
+        self.hold_new_work = False  # the gate is closed or failover is buffering
         self.stats = TierStats()
         self.sessions: dict[int, ClientSession] = {}
         self.pins: dict[str, int] = {}  # pinned sessions so far, by reason
@@ -125,6 +130,9 @@ class Tier:
         if self.config.tier == "remote" and self.config.upstream.monitor is not None:
             self.upstream.current = None  # found by asking the servers, never by config order
             await self.check_writer()
+        if self.config.tier == "local" or self.config.upstream.monitor is not None:
+            self.health = HealthMonitor(self)
+            self.health.start()
         await self._start_admin()
         if self.config.heartbeat is not None:
             self.heartbeat = Heartbeat(self, self.config.heartbeat)
@@ -179,23 +187,25 @@ class Tier:
 
     # --- the writer -------------------------------------------------------------------------
 
-    async def check_writer(self) -> None:
-        """Ask the servers which one is the writer and follow the answer.
+    async def check_writer(self, timeout: float = PROBE_TIMEOUT) -> ServerConfig | None:
+        """Ask the servers which one is the writer and follow the answer; returns the writer
+        this round found (None: no clear writer, or the round did not count).
 
         A different clear writer is followed (someone moved the primary without sluice); a
         current writer that answered as read-only or replicating is dropped (statements then
-        get a clear error rather than the server's 1290); one that did not answer is kept,
-        since its pooled connections will report their own failures. Nothing changes while
-        the gate is closed: a switchover moves the writer itself."""
+        get a clear error rather than the server's 1290, or wait while failover buffers);
+        one that did not answer is kept, since its pooled connections will report their own
+        failures. Nothing changes while the gate is closed: a switchover moves the writer
+        itself."""
         monitor = self.config.upstream.monitor
         if monitor is None or self.gate.closed or self.switchover is not None:
-            return
+            return None
         before = (self.gate.generation, self.writer_generation)
-        found = await discover_writer(self.upstream, monitor)
+        found = await discover_writer(self.upstream, monitor, timeout)
         if self.gate.closed or self.switchover is not None:
-            return
+            return None
         if (self.gate.generation, self.writer_generation) != before:
-            return  # a pause or retarget happened meanwhile: the answers may be stale
+            return None  # a pause or retarget happened meanwhile: the answers may be stale
         current = self.upstream.current
         writer = found.writer
         if writer is not None:
@@ -212,13 +222,52 @@ class Tier:
                         found.describe(),
                     )
                 self.retarget(writer)
-            return
+            return writer
         if current is not None and not found.demoted(current):
-            return
+            return None
         problem = found.problem()
         if problem != self.upstream.writer_problem:
-            log.error("writer discovery: %s; statements are refused until one is found", problem)
+            waits = "wait" if self.failover.enabled else "are refused"
+            log.error("writer discovery: %s; statements %s until one is found", problem, waits)
         self.retarget(None, problem)
+        if current is not None:
+            self.failover.writer_lost(f"{current.name} is no longer writable")
+        return None
+
+    # --- health -----------------------------------------------------------------------------
+
+    def update_hold(self) -> None:
+        """New work waits while the gate is closed or failover buffers (one flag for the
+        command path to read)."""
+        self.hold_new_work = self.gate.closed or self.failover.buffering
+
+    def server_is_down(self, name: str) -> bool:
+        return name in self.upstream.down
+
+    def server_down(self, name: str, why: str) -> None:
+        """The health probes found `name` not answering: stop sending it work now.
+
+        Commands running there get 1927 (their session goes on elsewhere unless it holds a
+        transaction or pinned state there); idle connections to it close; on a local tier
+        sessions move to the other remote tiers, on a remote tier a lost writer starts
+        failover buffering."""
+        self.upstream.down.add(name)
+        current = self.upstream.current
+        if self.config.tier == "remote":
+            if current is None or current.name != name:
+                return  # a replica: only reported
+            self.failover.writer_lost(f"{name}: {why}")
+        else:
+            self.pools.retire(name)
+        for session in list(self.sessions.values()):
+            session.server_hung(name)
+        if self.config.tier == "remote":
+            self.pools.close_idle(name)
+
+    def server_up(self, name: str) -> None:
+        self.upstream.down.discard(name)
+        if self.config.tier == "local":
+            self.pools.reinstate(name)
 
     def retarget(self, server: ServerConfig | None, problem: str | None = None) -> None:
         """Send new work to `server` from now on (None: refuse it, saying `problem`).
@@ -298,6 +347,10 @@ class Tier:
         if self.heartbeat is not None:
             await self.heartbeat.stop()
             self.heartbeat = None
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
+        self.failover.stop()
         for server in self._servers:
             server.close()
         for session in list(self.sessions.values()):

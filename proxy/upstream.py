@@ -59,6 +59,7 @@ class Upstream:
         self.greeting: Greeting | None = None
         self._probe_lock = asyncio.Lock()
         self._down_until: dict[str, float] = {}
+        self.down: set[str] = set()  # servers the health probes found down
         self._turn = 0
 
     def server(self, name: str) -> ServerConfig:
@@ -72,13 +73,18 @@ class Upstream:
 
         A remote tier sends everything to its current database server. A local tier's
         upstreams are interchangeable remote tiers: sessions are spread over them in turn,
-        skipping those that just refused a connection (unless all did)."""
+        skipping those that just refused a connection or that the health probes found down
+        (unless all are)."""
         if self.config.tier != "local":
             current = self.current
             return None if current is None or current.name in exclude else current
         now = time.monotonic()
         servers = [s for s in self.servers if s.name not in exclude]
-        up = [s for s in servers if self._down_until.get(s.name, 0.0) <= now] or servers
+        up = [
+            s
+            for s in servers
+            if self._down_until.get(s.name, 0.0) <= now and s.name not in self.down
+        ] or servers
         if not up:
             return None
         self._turn += 1
@@ -105,7 +111,7 @@ class Upstream:
 
     async def _probe(self) -> Greeting:
         server = self.current or self.servers[0]  # versions agree across a cluster
-        conn = await self._open(server)
+        conn = await self.open(server)
         try:
             msg = await asyncio.wait_for(conn.read_message(), self.connect_timeout)
             if msg.payload[:1] == b"\xff":
@@ -118,9 +124,15 @@ class Upstream:
         finally:
             conn.abort()
 
-    async def _open(self, server: ServerConfig) -> ServerConnection:
+    async def open(self, server: ServerConfig) -> ServerConnection:
+        """A transport to `server` (not logged in), with keepalive and TCP_USER_TIMEOUT."""
         try:
-            return await open_connection(server.name, server.address, self.connect_timeout)
+            return await open_connection(
+                server.name,
+                server.address,
+                self.connect_timeout,
+                keepalive=self.config.upstream.keepalive,
+            )
         except (OSError, TimeoutError) as exc:
             raise errors.upstream_unreachable(
                 server.name, str(server.address), _reason(exc)
@@ -146,7 +158,7 @@ class Upstream:
         server = server or self.current
         if server is None:
             raise errors.no_writer(self.writer_problem or "no writer is known")
-        conn = await self._open(server)
+        conn = await self.open(server)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await conn.login(

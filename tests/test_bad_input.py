@@ -187,6 +187,48 @@ def test_change_user_to_a_latin1_name_inside_a_transaction_answers_and_frees_the
     assert pool_counts(local)[0] == 0
 
 
+def test_change_user_auth_switch_answered_in_a_later_packet_is_read(sandbox, chain):
+    """The live fuzz found it: a change-user that needs an auth switch waited forever when the
+    client's answer arrived after sluice had started waiting for it."""
+    _, local = chain
+    password = sandbox.users["app"].password
+    client = RawClient.connect(("127.0.0.1", local.port), "app", password, "app")
+    client.query("BEGIN")
+    client.query("SELECT 1")
+    # A token of the wrong length makes sluice switch the client to mysql_native_password.
+    client.command(b"\x11app\x00\x05short" + b"app\x00" + struct.pack("<H", UTF8MB4))
+    client.sock.settimeout(5)
+    switch = client.read_message()
+    assert switch.payload[:1] == b"\xfe"
+    time.sleep(0.3)  # sluice waits for the answer before it arrives
+    scramble = switch.payload.split(b"\0", 1)[1].rstrip(b"\0")
+    client.send(switch.last_seq + 1, native_token(stage1(password), scramble))
+    assert client.read_payload()[:1] == b"\x00"  # changed: the session starts over
+    assert client.query_one("SELECT 1").values == [("1",)]
+    client.close()
+
+
+def test_change_user_whose_client_never_answers_the_switch_times_out(sandbox, chain):
+    _, local = chain
+    password = sandbox.users["app"].password
+    client = RawClient.connect(("127.0.0.1", local.port), "app", password, "app")
+    client.query("BEGIN")
+    client.query("SELECT 1")
+    client.command(b"\x11app\x00\x05short" + b"app\x00" + struct.pack("<H", UTF8MB4))
+    client.sock.settimeout(6)
+    assert client.read_payload()[:1] == b"\xfe"
+    started = time.monotonic()
+    err = client.read_payload()  # no answer to the switch: limits.handshake_timeout (2 s)
+    assert err[:1] == b"\xff" and struct.unpack_from("<H", err, 1)[0] == 1043
+    assert b"timed out" in err
+    assert 1.5 < time.monotonic() - started < 4
+    client.sock.close()
+    deadline = time.monotonic() + 3
+    while pool_counts(local)[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pool_counts(local)[0] == 0  # its transaction's connection is not held forever
+
+
 # --- the live fuzz ----------------------------------------------------------------------------
 
 

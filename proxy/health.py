@@ -1,0 +1,189 @@
+"""Liveness of every upstream: TCP keepalive on every socket, and a health probe per server.
+
+A peer can vanish without a reset (power loss, a partition) or hang while its kernel still
+accepts connections (SIGSTOP, a stuck process). Linux gives up on such a socket after about
+15 minutes; a proxy that waits that long becomes the incident. So every socket sluice opens or
+accepts gets TCP keepalive, upstream sockets also TCP_USER_TIMEOUT (sent data that stays
+unacknowledged ends the connection), and every upstream server is probed every
+`upstream.health.interval`: a server that does not answer `failures` probes in a row, each
+within `timeout`, is down. The tier decides what down means (route around a remote tier; buffer
+while the writer is gone); this module only watches and reports.
+
+The probe: on a remote tier, a COM_PING on a connection logged in with `upstream.monitor` (a
+database counts connections closed before login against max_connect_errors, so probing by
+connecting alone would lock sluice out); on a local tier, the remote tier's greeting (sluice
+answers it itself), or a COM_PING with `upstream.monitor` when one is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import errors
+from .backend import ServerConnection, UpstreamError
+from .protocol.codec import ProtocolError
+
+if TYPE_CHECKING:
+    from .config import HealthConfig, KeepaliveConfig, ServerConfig
+    from .tier import Tier
+
+log = logging.getLogger("sluice.health")
+
+UNKNOWN, OK, DOWN = "unknown", "ok", "down"
+
+
+def set_keepalive(sock: object, config: KeepaliveConfig, user_timeout: bool) -> None:
+    """TCP keepalive on a connected TCP socket (unix sockets have no such thing), and with
+    `user_timeout` TCP_USER_TIMEOUT too: the idle and the busy kind of vanished peer."""
+    if sock is None or getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # type: ignore[attr-defined]
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, round(config.idle)))  # type: ignore[attr-defined]
+        sock.setsockopt(  # type: ignore[attr-defined]
+            socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, round(config.interval))
+        )
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, config.count)  # type: ignore[attr-defined]
+        if user_timeout:
+            sock.setsockopt(  # type: ignore[attr-defined]
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, round(config.bound * 1000)
+            )
+    except (OSError, AttributeError) as exc:  # not Linux, or not a TCP socket after all
+        log.debug("could not set keepalive options: %s", exc)
+
+
+@dataclass(slots=True)
+class ServerHealth:
+    """What the probes say about one upstream server."""
+
+    name: str
+    state: str = UNKNOWN
+    failures: int = 0  # probes failed in a row
+    problem: str | None = None  # why the last probe failed
+    changed_at: float = 0.0  # wall clock of the last change between ok and down
+    last_ok: float = 0.0  # monotonic time of the last answer
+
+    def describe(self) -> str:
+        """For SHOW SERVERS and /status: ok, ok (back since …), down since … (why)."""
+        if self.state == DOWN:
+            return f"down since {_clock(self.changed_at)}: {self.problem}"
+        if self.state == OK and self.changed_at and time.time() - self.changed_at < 600:
+            return f"ok (back since {_clock(self.changed_at)})"
+        return self.state
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+class HealthMonitor:
+    """One probe loop per upstream server; reports ok -> down and down -> ok to the tier."""
+
+    def __init__(self, tier: Tier) -> None:
+        self.tier = tier
+        self.servers = {s.name: ServerHealth(s.name) for s in tier.config.upstream.servers}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._conns: dict[str, ServerConnection] = {}
+
+    @property
+    def config(self) -> HealthConfig:
+        return self.tier.config.upstream.health
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for server in self.tier.config.upstream.servers:
+            self._tasks.append(loop.create_task(self._watch(server)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for conn in self._conns.values():
+            conn.abort()
+        self._conns.clear()
+
+    def is_down(self, name: str) -> bool:
+        health = self.servers.get(name)
+        return health is not None and health.state == DOWN
+
+    async def _watch(self, server: ServerConfig) -> None:
+        health = self.servers[server.name]
+        while True:
+            began = time.monotonic()
+            config = self.config
+            try:
+                async with asyncio.timeout(config.timeout):
+                    await self._probe(server)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                conn = self._conns.pop(server.name, None)
+                if conn is not None:
+                    conn.abort()
+                self._failed(health, _why(exc, config.timeout))
+            else:
+                self._answered(health)
+            await asyncio.sleep(max(0.0, config.interval - (time.monotonic() - began)))
+
+    async def _probe(self, server: ServerConfig) -> None:
+        upstream = self.tier.upstream
+        monitor = self.tier.config.upstream.monitor
+        if monitor is None:  # a local tier without one: a remote tier greets by itself
+            conn = await upstream.open(server)
+            try:
+                await conn.read_message()
+            finally:
+                conn.abort()
+            return
+        conn = self._conns.get(server.name)
+        if conn is None or conn.closed:
+            from .discovery import monitor_connection
+
+            conn = await monitor_connection(upstream, server, monitor, "health")
+            self._conns[server.name] = conn
+        await conn.ping()
+
+    def _answered(self, health: ServerHealth) -> None:
+        health.failures = 0
+        health.last_ok = time.monotonic()
+        health.problem = None
+        if health.state == DOWN:
+            health.state = OK
+            health.changed_at = time.time()
+            log.warning("upstream %s answers again", health.name)
+            self.tier.server_up(health.name)
+        elif health.state == UNKNOWN:
+            health.state = OK
+
+    def _failed(self, health: ServerHealth, why: str) -> None:
+        health.failures += 1
+        health.problem = why
+        if health.state != DOWN and health.failures >= self.config.failures:
+            health.state = DOWN
+            health.changed_at = time.time()
+            log.error(
+                "upstream %s is down: %s (%d probes in a row); routing around it",
+                health.name,
+                why,
+                health.failures,
+            )
+            self.tier.server_down(health.name, why)
+
+
+def _why(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, errors.ClientError):
+        return exc.message
+    if isinstance(exc, UpstreamError | ProtocolError | OSError | ConnectionError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
