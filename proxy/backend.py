@@ -43,6 +43,7 @@ class RelaySink(Protocol):
     def infile_requested(self) -> None: ...
     def upstream_lost(self, reason: str) -> None: ...
     def crashed(self, exc: BaseException) -> None: ...
+    def refused(self, response: bytes) -> bool: ...
     def pause_reading(self, reason: int) -> None: ...
     def resume_reading(self, reason: int) -> None: ...
 
@@ -112,6 +113,7 @@ class ServerConnection(asyncio.Protocol):
         "on_lost",
         "opened_at",
         "pool_key",
+        "reset",
         "scanner",
         "server_name",
         "state",
@@ -130,6 +132,7 @@ class ServerConnection(asyncio.Protocol):
         self.scanner = ResponseScanner()
         self.closed = False
         self.lost_reason = ""
+        self.reset = False  # the peer answered with a reset: it did not read what we sent
         self._reader = MessageReader(SERVER_MESSAGE_LIMIT)
         self._waiter: asyncio.Future[None] | None = None
         self._sink: RelaySink | None = None
@@ -169,6 +172,13 @@ class ServerConnection(asyncio.Protocol):
             except ProtocolError as exc:
                 self._relay_failed(f"malformed response: {exc}")
                 return
+            if (
+                end == len(data)
+                and self.scanner.failed
+                and not self._forwarded
+                and sink.refused(data)
+            ):
+                return  # the session retries it elsewhere (failover buffering)
             self._forwarded = True
             if end < 0:
                 self._client_transport.write(data)  # type: ignore[union-attr]
@@ -196,6 +206,14 @@ class ServerConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self._relay_failed(f"malformed response: {exc}")
             return
+        if (
+            end == len(data)
+            and scanner.failed
+            and not self._forwarded
+            and not held
+            and sink.refused(data)
+        ):
+            return  # the session retries it elsewhere (failover buffering)
         self._forwarded = True
         buf = held + data if held else data
         upto = len(buf) - (len(data) - end) if end >= 0 else len(buf) - scanner.held
@@ -221,6 +239,10 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # A reset means the peer's socket was closed (its process gone) or closed with our
+        # bytes unread: either way the command in flight was never read, so never run. A
+        # server that read it and then died closes with a FIN instead (exc None).
+        self.reset = isinstance(exc, ConnectionResetError | BrokenPipeError)
         if not self.lost_reason:
             self.lost_reason = f"connection lost: {exc}" if exc else "connection closed by server"
         on_lost = self.on_lost

@@ -104,6 +104,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
                 replicas=args.replicas,
                 max_connections=args.max_connections,
                 port=args.port,
+                semi_sync=args.semi_sync,
             )
             print(json.dumps(sb.to_dict(), indent=2))
         else:
@@ -147,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--replicas", type=int, default=1)
     up.add_argument("--max-connections", type=int, default=151)
     up.add_argument("--port", type=int, default=None, help="first port (default: free ports)")
+    up.add_argument(
+        "--semi-sync",
+        action="store_true",
+        help="lossless semi-sync replication (AFTER_SYNC): no acknowledged write is lost",
+    )
     down = sb_sub.add_parser("down", help="stop a sandbox cluster")
     down.add_argument("--dir", required=True)
     sb.set_defaults(func=cmd_sandbox)

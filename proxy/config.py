@@ -586,7 +586,7 @@ def _parse_credentials(value: object, path: str) -> Credentials:
 
 
 def _parse_keepalive(value: object, path: str, defaults: KeepaliveConfig) -> KeepaliveConfig:
-    allowed = ("count", "idle", "interval") + (("user_timeout",) if path.startswith("up") else ())
+    allowed = ("count", "idle", "interval", "user_timeout")
     section = _section(value, path, allowed)
     user_timeout = None
     if "user_timeout" in section:

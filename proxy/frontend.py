@@ -76,6 +76,17 @@ LOGIN_REFUSALS = frozenset((1044, 1045, 1049))
 such schema."""
 
 
+def wait_limit(session: SessionState) -> float:
+    """The idle limit a client set for itself with SET wait_timeout (0: none set)."""
+    text = session.variables.get("wait_timeout")
+    if text is None:
+        return 0.0
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        return 0.0
+
+
 def refused_login(exc: Exception) -> bool:
     if isinstance(exc, UpstreamError):
         return exc.err.code in LOGIN_REFUSALS
@@ -120,6 +131,8 @@ CLEAR_DIAGNOSTICS = "SELECT 1 FROM (SELECT 1) AS sluice_clear_diagnostics"
 _KEEP_STATUS = int(Status.IN_TRANS | Status.CURSOR_EXISTS)
 _IN_TRANS = int(Status.IN_TRANS)
 _PING = int(Command.PING)
+READ_ONLY_ERROR = 1290
+"""ER_OPTION_PREVENTS_STATEMENT: what a read-only (demoted) server answers a write with."""
 _CURSOR_EXISTS = int(Status.CURSOR_EXISTS)
 _STATEMENT_COMMANDS = frozenset(
     (
@@ -151,6 +164,8 @@ class ClientSession(asyncio.Protocol):
         "_hold",
         "_infile",
         "_last_active",
+        "_last_msg",
+        "_last_raw",
         "_learning",
         "_long_data",
         "_next_statement",
@@ -158,11 +173,14 @@ class ClientSession(asyncio.Protocol):
         "_previous",
         "_reader",
         "_reply_seq",
+        "_rerun",
         "_row_count",
         "_step",
         "_task",
         "_trans_began",
         "_unverified",
+        "_wait_limit",
+        "_wait_timer",
         "_waiter",
         "_write_blocked",
         "backend",
@@ -229,6 +247,11 @@ class ClientSession(asyncio.Protocol):
         self._unverified = False  # the upstream has not yet taken this session's login
         self._end_after_reply = False  # the error being sent ends the session
         self._learning: bytes | None = None  # a charset statement whose effect to keep
+        self._last_raw = b""  # the command in flight, as the client sent it (to run it again
+        self._last_msg: Message | None = None  # on the new writer when the old one refused)
+        self._rerun = b""  # the command last run again (never twice)
+        self._wait_limit = 0.0  # the wait_timeout the client set (0: none): its idle limit
+        self._wait_timer: asyncio.TimerHandle | None = None
         self._step = "waiting for the upstream's greeting"  # what the login waits for
 
     @property
@@ -245,7 +268,9 @@ class ClientSession(asyncio.Protocol):
         if not self.tier.admit(self):
             self._fail(errors.too_many_clients(self.tier.config.limits.max_clients), seq=0)
             return
-        set_keepalive(transport.get_extra_info("socket"), self.tier.config.limits.keepalive, False)
+        # An app host that vanishes (power loss, partition) is noticed whether its socket is
+        # idle (keepalive) or has our bytes unacknowledged (TCP_USER_TIMEOUT).
+        set_keepalive(transport.get_extra_info("socket"), self.tier.config.limits.keepalive, True)
         # A timer, not a timeout inside the login coroutine: it holds even if that coroutine
         # is stuck or died.
         self._deadline = asyncio.get_running_loop().call_later(
@@ -306,14 +331,14 @@ class ClientSession(asyncio.Protocol):
         self.tier.stats.statement(
             self._command_byte, now - self._began, scanner.failed, scanner.fed
         )
-        self._last_active = now
+        if scanner.state_changes or scanner.untracked:  # (before the idle timer is armed)
+            self._track_state(backend)
+        self._idle_from(now)
         if scanner.status & _IN_TRANS:
             if not self._trans_began:
                 self._trans_began = self._began
         else:
             self._trans_began = 0.0
-        if scanner.state_changes or scanner.untracked:
-            self._track_state(backend)
         if self._learning is not None:
             if not scanner.failed and not scanner.result_set:
                 self.tier.charset_sets.learn(
@@ -410,10 +435,40 @@ class ClientSession(asyncio.Protocol):
             return 0.0
         return now - self._last_active
 
+    def upkeep(self, now: float, idle_limit: float, time_limit: float) -> None:
+        """The janitor's round (every second): the starvation guards."""
+        if idle_limit or time_limit:
+            self.bound_transaction(now, idle_limit, time_limit)
+
+    def _idle_from(self, now: float) -> None:
+        """The session is idle from `now`: a wait_timeout the client set starts counting."""
+        self._last_active = now
+        if self._wait_limit:
+            if self._wait_timer is not None:
+                self._wait_timer.cancel()
+            self._wait_timer = asyncio.get_running_loop().call_later(
+                self._wait_limit, self._wait_expired
+            )
+
+    def _wait_expired(self) -> None:
+        """Idle for the wait_timeout the client set: end the session, as the server would
+        have (drivers' "server has gone away" handling relies on it)."""
+        self._wait_timer = None
+        if self.state != READY or _monotonic() - self._last_active < self._wait_limit - 0.01:
+            return  # busy, or active meanwhile: the end of its work arms the timer again
+        log.info(
+            "client %s (%s@%s): idle past its wait_timeout (%gs); closing",
+            self.id,
+            self.user,
+            self.peer,
+            self._wait_limit,
+        )
+        self._close()
+
     def bound_transaction(self, now: float, idle_limit: float, time_limit: float) -> None:
-        """Starvation guards (the janitor calls this every second when they are on): a
-        transaction idle past `pool.idle_transaction_timeout`, or open past
-        `pool.max_transaction_time`, is rolled back so the connection serves others."""
+        """Starvation guards: a transaction idle past `pool.idle_transaction_timeout`, or
+        open past `pool.max_transaction_time`, is rolled back so the connection serves
+        others."""
         if not self._trans_began or self.backend is None or self._fatal is not None:
             return
         if time_limit and now - self._trans_began > time_limit:
@@ -443,7 +498,15 @@ class ClientSession(asyncio.Protocol):
         if backend is None:
             return
         if self.state in (BUSY, INFILE):
-            backend.abort()  # upstream_lost reports _fatal to the waiting client
+            # Stop the statement on the database too; upstream_lost then reports _fatal to
+            # the waiting client.
+            self.backend = None
+            backend.detach()
+            self.tier.abandon(backend)
+            if backend.response_started:  # an ERR now would land inside the response
+                self._close()
+            else:
+                self._fail(self._fatal, seq=self._reply_seq)
             return
         self.backend = None
         backend.detach()
@@ -515,6 +578,49 @@ class ClientSession(asyncio.Protocol):
         # statement may have started one. Keep the connection until a reply says otherwise.
         return failed and self.session.variables.get("autocommit") == "OFF"
 
+    def refused(self, response: bytes) -> bool:
+        """The writer answered a command with 1290 (read-only: it is being demoted). The
+        command did not run, so outside any transaction it waits, with failover buffering,
+        for the new writer and runs there instead of failing (Vitess buffers on 1290 too)."""
+        backend = self.backend
+        if (
+            backend is None
+            or len(response) < 7
+            or response[4] != 0xFF
+            or (response[5] | response[6] << 8) != READ_ONLY_ERROR
+            or not self._may_run_again()
+            or not self.tier.failover.writer_lost(f"{backend.server_name} answered read-only")
+        ):
+            return False
+        self.backend = None
+        backend.detach()
+        self.tier.pools.release(backend)  # clean: the command did not run
+        self._run_again()
+        return True
+
+    def _may_run_again(self) -> bool:
+        """Whether the command in flight may run on another connection: nothing of the
+        session lives only on this one (no transaction, pin, cursor, long data, pending SET
+        TRANSACTION), and it has not been run again once already."""
+        return not (
+            self._trans_began
+            or self.pinned
+            or self._cursors
+            or self._long_data
+            or self._hold
+            or self._fatal is not None
+            or self.session.variables.get("autocommit") == "OFF"
+            or self._rerun is self._last_raw
+        )
+
+    def _run_again(self) -> None:
+        """Dispatch the command in flight once more (it never ran where it went)."""
+        self.state = READY
+        began = self._began
+        raw = self._rerun = self._last_raw
+        self._command(raw, raw[4] if len(raw) > 4 else -1, self._last_msg)
+        self._began = began  # the wait for the new writer is part of the statement's time
+
     def infile_requested(self) -> None:
         self.state = INFILE
         self._infile = InfileTracker()
@@ -542,6 +648,21 @@ class ClientSession(asyncio.Protocol):
                 self._fail(self._fatal or errors.upstream_lost(name), seq=self._reply_seq)
             else:
                 self._close()
+            return
+        if backend.reset and self._may_run_again():
+            # The server never read this command (it was gone when it arrived): run it
+            # again, on the new writer once failover finds one, or on another remote tier.
+            log.info(
+                "client %s: %s was gone before it read the command; running it again", self.id, name
+            )
+            if self.tier.config.tier == "remote":
+                self.tier.failover.writer_lost(f"{name}: {reason}")
+            else:
+                self.tier.upstream.mark_down(name)
+                other = self.tier.upstream.pick(exclude={name})
+                if other is not None and self.pool_key is not None:
+                    self.pool_key = dataclasses.replace(self.pool_key, server=other.name)
+            self._run_again()
             return
         # Nothing of this client's session lived only on that connection: report the failed
         # command and carry on; the next command gets another connection.
@@ -591,6 +712,8 @@ class ClientSession(asyncio.Protocol):
             return
         self._began = _monotonic()
         self._command_byte = command
+        self._last_raw = raw
+        self._last_msg = msg
         self._reply_seq = (msg.last_seq if msg is not None else 0) + 1
         self.tier.stats.bytes_in += len(raw)
         if self._fatal is not None:  # its transaction was killed by a pause
@@ -710,6 +833,8 @@ class ClientSession(asyncio.Protocol):
         if self._end_after_reply:
             self._close()
             return
+        if self._wait_limit:
+            self._idle_from(_monotonic())
         self.state = READY
         if self._reader.pending:
             self._drain()
@@ -928,6 +1053,7 @@ class ClientSession(asyncio.Protocol):
         if scanner.untracked or not described:
             self._pin(PIN_UNTRACKED)
         backend.state = self.session.copy()
+        self._wait_limit = wait_limit(self.session)
 
     async def _acquire(self, gated: bool = True, wait: bool = True) -> ServerConnection:
         """A pooled connection whose session state matches this client's (without `wait`:
@@ -1076,7 +1202,7 @@ class ClientSession(asyncio.Protocol):
         self._previous = None  # its ROW_COUNT() and warnings are no longer this session's
         now = _monotonic()
         self.tier.stats.statement(Command.QUERY, now - self._began, False, 0)
-        self._last_active = now
+        self._idle_from(now)
         tracking = bool(self.capabilities & Capability.SESSION_TRACK)
         self._reply(frame(self._reply_seq, charset_set_ok(effect, self.session, tracking)))
         return True
@@ -1138,7 +1264,7 @@ class ClientSession(asyncio.Protocol):
         through one of this client's pooled connections."""
         target = self.tier.sessions.get(target_id) or self.tier.session_on_thread(target_id)
         if target is None:
-            self._reply_error(seq, errors.unknown_thread(target_id))
+            self._kill_idle_thread(target_id, query_only, seq)
             return
         if target.user != self.user:
             self._reply_error(seq, errors.not_thread_owner(target_id))
@@ -1160,6 +1286,28 @@ class ClientSession(asyncio.Protocol):
             target.close()
             if target is self:
                 return
+        self._reply(frame(seq, ok_payload(Status.AUTOCOMMIT)))
+
+    def _kill_idle_thread(self, thread_id: int, query_only: bool, seq: int) -> None:
+        """KILL of a server thread id that is an idle pooled connection (a client saw it in
+        SHOW PROCESSLIST, where its own statement ran): that connection closes, so the
+        process list no longer shows it, and unless QUERY so does the session that used it
+        last, whose connection it was as far as its client knows."""
+        conn = self.tier.pools.idle_on_thread(thread_id)
+        if conn is None:
+            self._reply_error(seq, errors.unknown_thread(thread_id))
+            return
+        if conn.pool_key.user != self.user:
+            self._reply_error(seq, errors.not_thread_owner(thread_id))
+            return
+        if not query_only:
+            self.tier.pools.close_idle_connection(conn)
+            owner = self.tier.sessions.get(conn.last_session)
+            if owner is not None and owner.user == self.user and owner.backend is None:
+                log.info("client %s killed client %s (thread %s)", self.id, owner.id, thread_id)
+                owner.close()
+                if owner is self:
+                    return
         self._reply(frame(seq, ok_payload(Status.AUTOCOMMIT)))
 
     async def _run_own(self, sql: str) -> None:
@@ -1210,6 +1358,7 @@ class ClientSession(asyncio.Protocol):
             else:
                 self.tier.pools.release(backend)
         self.session = SessionState(schema)
+        self._wait_limit = 0.0
         self.pinned = None
         self._hold = 0
         self.statements.clear()
@@ -1288,6 +1437,7 @@ class ClientSession(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        self._last_active = _monotonic()
         self._send(frame(self._reply_seq, ok_payload(Status.AUTOCOMMIT)))
         self._reader.max_size = tier.config.limits.max_packet_size
         self.state = READY
@@ -1482,15 +1632,16 @@ class ClientSession(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
         busy = self.state in (BUSY, INFILE)
         self.state = CLOSED
         backend = self.backend
         self.backend = None
         if backend is not None:
             backend.detach()
-            if busy:
-                backend.abort()  # mid-response: the connection cannot be reused
-                self.tier.pools.discard(backend)
+            if busy:  # the client left mid-command: stop the command upstream as well
+                self.tier.abandon(backend)
             elif self.pinned or backend.scanner.status & _KEEP_STATUS or self._long_data:
                 self.tier.pools.discard(backend)  # open transaction or session state: drop it
             else:

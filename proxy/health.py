@@ -40,7 +40,8 @@ UNKNOWN, OK, DOWN = "unknown", "ok", "down"
 
 def set_keepalive(sock: object, config: KeepaliveConfig, user_timeout: bool) -> None:
     """TCP keepalive on a connected TCP socket (unix sockets have no such thing), and with
-    `user_timeout` TCP_USER_TIMEOUT too: the idle and the busy kind of vanished peer."""
+    `user_timeout` TCP_USER_TIMEOUT too: the idle and the busy kind of vanished peer (a peer
+    that is slow but alive still acknowledges, so TCP_USER_TIMEOUT does not end it)."""
     if sock is None or getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
         return
     try:
@@ -68,6 +69,7 @@ class ServerHealth:
     problem: str | None = None  # why the last probe failed
     changed_at: float = 0.0  # wall clock of the last change between ok and down
     last_ok: float = 0.0  # monotonic time of the last answer
+    seen: int = 0  # the latest probe (by start) whose result counted
 
     def describe(self) -> str:
         """For SHOW SERVERS and /status: ok, ok (back since …), down since … (why)."""
@@ -82,14 +84,62 @@ def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
 
 
+class MonitorChannel:
+    """sluice's own connection to one server, logged in with `upstream.monitor`: the health
+    probe's COM_PING and the KILL QUERY for a client that left take turns on it."""
+
+    def __init__(self, tier: Tier, server: ServerConfig) -> None:
+        self.tier = tier
+        self.server = server
+        self._conn: ServerConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> ServerConnection:
+        conn = self._conn
+        if conn is None or conn.closed:
+            from .discovery import monitor_connection
+
+            monitor = self.tier.config.upstream.monitor
+            assert monitor is not None
+            conn = await monitor_connection(self.tier.upstream, self.server, monitor, "health")
+            self._conn = conn
+        return conn
+
+    async def ping(self) -> None:
+        async with self._lock:
+            try:
+                await (await self._connection()).ping()
+            except BaseException:
+                self.drop()
+                raise
+
+    async def query(self, sql: str) -> None:
+        async with self._lock:
+            try:
+                await (await self._connection()).query(sql)
+            except UpstreamError:
+                raise  # the server answered: the connection is fine
+            except BaseException:
+                self.drop()
+                raise
+
+    def drop(self) -> None:
+        if self._conn is not None:
+            self._conn.abort()
+            self._conn = None
+
+
 class HealthMonitor:
     """One probe loop per upstream server; reports ok -> down and down -> ok to the tier."""
 
     def __init__(self, tier: Tier) -> None:
         self.tier = tier
-        self.servers = {s.name: ServerHealth(s.name) for s in tier.config.upstream.servers}
+        servers = tier.config.upstream.servers
+        self.servers = {s.name: ServerHealth(s.name) for s in servers}
+        self.channels: dict[str, MonitorChannel] = {}
+        if tier.config.upstream.monitor is not None:
+            self.channels = {s.name: MonitorChannel(tier, s) for s in servers}
         self._tasks: list[asyncio.Task[None]] = []
-        self._conns: dict[str, ServerConnection] = {}
 
     @property
     def config(self) -> HealthConfig:
@@ -107,50 +157,62 @@ class HealthMonitor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        for conn in self._conns.values():
-            conn.abort()
-        self._conns.clear()
+        for channel in self.channels.values():
+            channel.drop()
 
     def is_down(self, name: str) -> bool:
         health = self.servers.get(name)
         return health is not None and health.state == DOWN
 
     async def _watch(self, server: ServerConfig) -> None:
+        """A probe starts every interval, whether the last one has answered or not: a hung
+        server then misses `failures` probes in about timeout + interval x (failures - 1)
+        seconds, not failures x timeout. Results count in the order probes started."""
         health = self.servers[server.name]
-        while True:
-            began = time.monotonic()
-            config = self.config
-            try:
-                async with asyncio.timeout(config.timeout):
-                    await self._probe(server)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                conn = self._conns.pop(server.name, None)
-                if conn is not None:
-                    conn.abort()
-                self._failed(health, _why(exc, config.timeout))
-            else:
+        running: set[asyncio.Task[None]] = set()
+        seq = 0
+        try:
+            while True:
+                config = self.config
+                if len(running) <= config.failures:  # a hung server: no pile-up of probes
+                    seq += 1
+                    task = asyncio.get_running_loop().create_task(
+                        self._timed_probe(server, health, seq)
+                    )
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await asyncio.sleep(config.interval)
+        finally:
+            for task in list(running):
+                task.cancel()
+
+    async def _timed_probe(self, server: ServerConfig, health: ServerHealth, seq: int) -> None:
+        timeout = self.config.timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._probe(server)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if seq > health.seen:
+                health.seen = seq
+                self._failed(health, _why(exc, timeout))
+        else:
+            if seq > health.seen:
+                health.seen = seq
                 self._answered(health)
-            await asyncio.sleep(max(0.0, config.interval - (time.monotonic() - began)))
 
     async def _probe(self, server: ServerConfig) -> None:
-        upstream = self.tier.upstream
-        monitor = self.tier.config.upstream.monitor
-        if monitor is None:  # a local tier without one: a remote tier greets by itself
-            conn = await upstream.open(server)
-            try:
-                await conn.read_message()
-            finally:
-                conn.abort()
+        channel = self.channels.get(server.name)
+        if channel is not None:
+            await channel.ping()
             return
-        conn = self._conns.get(server.name)
-        if conn is None or conn.closed:
-            from .discovery import monitor_connection
-
-            conn = await monitor_connection(upstream, server, monitor, "health")
-            self._conns[server.name] = conn
-        await conn.ping()
+        # A local tier without a monitor account: a remote tier greets by itself.
+        conn = await self.tier.upstream.open(server)
+        try:
+            await conn.read_message()
+        finally:
+            conn.abort()
 
     def _answered(self, health: ServerHealth) -> None:
         health.failures = 0

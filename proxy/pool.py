@@ -670,6 +670,20 @@ class PoolManager:
         """`server` is the writer (again): its pools may keep connections."""
         self.servers[server].retired = False
 
+    def idle_on_thread(self, thread_id: int) -> ServerConnection | None:
+        """The idle connection whose server thread id is `thread_id` (for KILL n)."""
+        for pool in self.pools.values():
+            for conn in pool.idle:
+                if conn.thread_id == thread_id and not conn.closed:
+                    return conn
+        return None
+
+    def close_idle_connection(self, conn: ServerConnection) -> None:
+        pool = self.pools.get(conn.pool_key)
+        if pool is not None and conn in pool.idle:
+            pool.idle.remove(conn)
+            self._close(conn)
+
     def close_idle(self, server: str) -> None:
         """Close the idle connections to `server` (it stopped answering: they would hang)."""
         for pool in self.pools.values():

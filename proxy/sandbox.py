@@ -67,6 +67,18 @@ _FAST_ARGS = (
     "--innodb-buffer-pool-dump-at-shutdown=0",
 )
 
+SEMI_SYNC_PRIMARY_ARGS = (
+    "--rpl-semi-sync-master-enabled=ON",
+    "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+    # Do not fall back to asynchronous replication within a test: a commit waits this long
+    # (milliseconds) for a replica's acknowledgement.
+    "--rpl-semi-sync-master-timeout=60000",
+)
+SEMI_SYNC_REPLICA_ARGS = ("--rpl-semi-sync-slave-enabled=ON",)
+"""Only the primary side waits: a replica with the primary side on would make its own
+replication thread wait for acknowledgements from replicas it does not have. A promotion moves
+the primary side along (sluice's switchover does; an orchestrator must, see deploy/hooks)."""
+
 _APP_PRIVILEGES = (
     # Broad data privileges, but neither SUPER nor READ_ONLY ADMIN: read_only=ON must really
     # stop this user's writes (error 1290), since switchover relies on exactly that.
@@ -129,6 +141,7 @@ class Sandbox:
     dir: str
     servers: list[SandboxServer]
     users: dict[str, SandboxUser]  # keys: "app", "monitor", "repl", "root"
+    semi_sync: bool = False  # lossless semi-sync replication (AFTER_SYNC) on every server
 
     @property
     def primary(self) -> SandboxServer:
@@ -153,6 +166,7 @@ class Sandbox:
             "dir": self.dir,
             "servers": [s.to_dict() for s in self.servers],
             "users": {key: u.to_dict() for key, u in self.users.items()},
+            "semi_sync": self.semi_sync,
         }
 
     @classmethod
@@ -161,6 +175,7 @@ class Sandbox:
             dir=data["dir"],
             servers=[SandboxServer(**s) for s in data["servers"]],
             users={key: SandboxUser(**u) for key, u in data["users"].items()},
+            semi_sync=bool(data.get("semi_sync", False)),
         )
 
 
@@ -192,8 +207,14 @@ def up(
     max_connections: int = 151,
     port: int | None = None,
     extra_args: Sequence[str] = (),
+    semi_sync: bool = False,
 ) -> Sandbox:
     """Start a primary (db1) and ``replicas`` GTID replicas (db2, db3, …) in ``dir``.
+
+    With ``semi_sync``, replication is lossless semi-sync: a commit is acknowledged to its
+    client only once a replica has the transaction in its relay log (wait point AFTER_SYNC),
+    so a replica promoted after the primary died has every acknowledged write. Both sides are
+    on everywhere, so whichever server is promoted already acts as the primary side.
 
     Blocks until every server accepts connections and every replica has replicated the
     primary's bootstrap transactions, then writes ``dir/sandbox.json``. Servers run in their
@@ -244,7 +265,9 @@ def up(
         )
         for i in range(1, count + 1)
     ]
-    sb = Sandbox(dir=str(root), servers=servers, users=default_users())
+    sb = Sandbox(
+        dir=str(root), servers=servers, users=default_users(), semi_sync=semi_sync and replicas > 0
+    )
     try:
         for server in servers:
             shutil.copytree(template, server.datadir)
@@ -574,8 +597,15 @@ def _start_all(
     A port picked automatically can be taken by someone else between picking and binding;
     such a server is restarted on a fresh port instead of failing the whole sandbox.
     """
+
+    def args(server: SandboxServer) -> list[str]:
+        if not sb.semi_sync:
+            return extra_args
+        side = SEMI_SYNC_PRIMARY_ARGS if server.role == "primary" else SEMI_SYNC_REPLICA_ARGS
+        return [*side, *extra_args]
+
     for server in sb.servers:
-        _launch(mariadbd, server, max_connections, extra_args)
+        _launch(mariadbd, server, max_connections, args(server))
     deadline = time.monotonic() + START_TIMEOUT
     for server in sb.servers:
         for attempt in range(3):
@@ -589,7 +619,7 @@ def _start_all(
             log.info("%s lost port %d to another process; retrying", server.name, server.port)
             _stop_pids([(server, server.pid)])
             server.port = _pick_ports(1)[0]
-            _launch(mariadbd, server, max_connections, extra_args)
+            _launch(mariadbd, server, max_connections, args(server))
 
 
 def _bootstrap_replication(sb: Sandbox) -> None:

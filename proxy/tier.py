@@ -19,6 +19,7 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
+from .backend import ServerConnection, UpstreamError
 from .config import Address, Config, ServerConfig
 from .discovery import PROBE_TIMEOUT, discover_writer
 from .failover import Failover
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.tier")
 
 LISTEN_BACKLOG = 4096
+KILL_TIMEOUT = 3.0
+"""Seconds for a KILL QUERY on behalf of a client that left."""
 CHECK_WRITER_EVERY = 5.0
 """Seconds between writer checks: the primary may be moved by someone other than sluice."""
 SWITCHOVER_HISTORY = 20
@@ -62,6 +65,7 @@ class Tier:
         self.failover = Failover(self, config.failover)
         self.health: HealthMonitor | None = None
         self.hold_new_work = False  # the gate is closed or failover is buffering
+        self._side_tasks: set[asyncio.Task[None]] = set()  # KILL QUERY for clients that left
         self.stats = TierStats()
         self.sessions: dict[int, ClientSession] = {}
         self.pins: dict[str, int] = {}  # pinned sessions so far, by reason
@@ -167,7 +171,7 @@ class Tier:
             try:
                 self.pools.expire_idle()
                 self.pools.top_up()
-                self._bound_transactions()
+                self._bound_sessions()
                 now = asyncio.get_running_loop().time()
                 if self.config.tier == "remote" and now >= check_at:
                     check_at = now + CHECK_WRITER_EVERY
@@ -175,15 +179,14 @@ class Tier:
             except Exception:
                 log.exception("upkeep failed")
 
-    def _bound_transactions(self) -> None:
-        """pool.idle_transaction_timeout and pool.max_transaction_time, once a second."""
+    def _bound_sessions(self) -> None:
+        """Once a second: clients' own wait_timeout, pool.idle_transaction_timeout and
+        pool.max_transaction_time."""
         idle_limit = self.config.pool.idle_transaction_timeout
         time_limit = self.config.pool.max_transaction_time
-        if not idle_limit and not time_limit:
-            return
         now = time.monotonic()
         for session in list(self.sessions.values()):
-            session.bound_transaction(now, idle_limit, time_limit)
+            session.upkeep(now, idle_limit, time_limit)
 
     # --- the writer -------------------------------------------------------------------------
 
@@ -263,6 +266,68 @@ class Tier:
             session.server_hung(name)
         if self.config.tier == "remote":
             self.pools.close_idle(name)
+
+    # --- no work for clients that left ----------------------------------------------------
+
+    def abandon(self, conn: ServerConnection) -> None:
+        """A client left (or its work was ended) while `conn` ran its command: stop the
+        command upstream too, then close the connection.
+
+        A statement that runs on for a client that gave up is load nobody wants, and
+        sustained dead work is how an overload turns metastable (ProxySQL kills it by
+        default too). Closing the socket does not stop it: MariaDB notices only when it
+        writes. So a remote tier sends KILL QUERY from a side connection, and the
+        connection's slot under the cap is given back only after that (the database counts
+        it until the query stops). A local tier's upstream is a remote tier, which does this
+        itself when it sees the connection close."""
+        conn.abort()
+        if self.config.tier != "remote" or not conn.thread_id:
+            self.pools.discard(conn)
+            return
+        task = asyncio.get_running_loop().create_task(self._kill_then_discard(conn))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _kill_then_discard(self, conn: ServerConnection) -> None:
+        try:
+            await self.kill_query(conn)
+        finally:
+            self.pools.discard(conn)
+
+    async def kill_query(self, conn: ServerConnection) -> None:
+        """KILL QUERY for the statement running on `conn`, from another connection: the
+        monitor account's, else an idle pooled connection of the same user (its own queries
+        it may kill); without either the statement runs on, and the log says so."""
+        sql = f"KILL QUERY {conn.thread_id}"
+        try:
+            async with asyncio.timeout(KILL_TIMEOUT):
+                channel = self.health.channels.get(conn.server_name) if self.health else None
+                if channel is not None:
+                    await channel.query(sql)
+                    return
+                side = self.pools.take_idle(conn.pool_key, lambda _: True)
+                if side is None:
+                    log.info(
+                        "no side connection to stop thread %s on %s (configure "
+                        "upstream.monitor): it runs until it ends",
+                        conn.thread_id,
+                        conn.server_name,
+                    )
+                    return
+                try:
+                    await side.query(sql)
+                except BaseException:
+                    side.abort()
+                    self.pools.discard(side)
+                    raise
+                self.pools.release(side)
+        except UpstreamError as exc:
+            if exc.err.code != 1094:  # 1094: it ended by itself meanwhile
+                log.warning(
+                    "could not stop thread %s on %s: %s", conn.thread_id, conn.server_name, exc.err
+                )
+        except Exception as exc:
+            log.warning("could not stop thread %s on %s: %s", conn.thread_id, conn.server_name, exc)
 
     def server_up(self, name: str) -> None:
         self.upstream.down.discard(name)

@@ -136,7 +136,7 @@ def test_wait_replicas_caught_up_fails_fast_when_replica_stopped(sandbox: Sandbo
 def test_state_file_carries_the_contract_fields(sandbox: Sandbox) -> None:
     state = json.loads((Path(sandbox.dir) / sandbox_mod.STATE_FILE).read_text())
     assert state == sandbox.to_dict() == load(sandbox.dir).to_dict()
-    assert set(state) == {"dir", "servers", "users"}
+    assert set(state) == {"dir", "servers", "users", "semi_sync"}
     for entry in state["servers"]:
         assert set(entry) == {
             "name", "host", "port", "socket", "role", "datadir", "server_id", "pid"

@@ -140,6 +140,9 @@ def server_rows(tier: Tier) -> list[ServerRow]:
             health, read_only = f"unreachable: {probe.problem}", None
         else:
             health, read_only = "ok", "yes" if probe.read_only else "no"
+        watched = tier.health.servers.get(server.name) if tier.health is not None else None
+        if watched is not None and watched.state != "unknown":
+            health = watched.describe()  # the health probes' word is the fresher one
         out.append(
             ServerRow(
                 name=server.name,
