@@ -41,7 +41,7 @@ log = logging.getLogger("sluice.tier")
 
 LISTEN_BACKLOG = 4096
 KILL_TIMEOUT = 3.0
-"""Seconds for a KILL QUERY on behalf of a client that left."""
+"""Seconds for a KILL on behalf of a client that left."""
 CHECK_WRITER_EVERY = 5.0
 """Seconds between writer checks: the primary may be moved by someone other than sluice."""
 SWITCHOVER_HISTORY = 20
@@ -65,7 +65,7 @@ class Tier:
         self.failover = Failover(self, config.failover)
         self.health: HealthMonitor | None = None
         self.hold_new_work = False  # the gate is closed or failover is buffering
-        self._side_tasks: set[asyncio.Task[None]] = set()  # KILL QUERY for clients that left
+        self._side_tasks: set[asyncio.Task[None]] = set()  # KILL for clients that left
         self.stats = TierStats()
         self.sessions: dict[int, ClientSession] = {}
         self.pins: dict[str, int] = {}  # pinned sessions so far, by reason
@@ -255,6 +255,7 @@ class Tier:
         sessions move to the other remote tiers, on a remote tier a lost writer starts
         failover buffering."""
         self.upstream.down.add(name)
+        self.upstream.abort_logins(name)
         current = self.upstream.current
         if self.config.tier == "remote":
             if current is None or current.name != name:
@@ -276,9 +277,11 @@ class Tier:
         A statement that runs on for a client that gave up is load nobody wants, and
         sustained dead work is how an overload turns metastable (ProxySQL kills it by
         default too). Closing the socket does not stop it: MariaDB notices only when it
-        writes. So a remote tier sends KILL QUERY from a side connection, and the
+        writes, and a command still unread in its socket (a stalled server) would run once
+        it resumes. So a remote tier sends KILL (the connection: it is being discarded
+        anyway, and a killed connection runs nothing more) from a side connection, and the
         connection's slot under the cap is given back only after that (the database counts
-        it until the query stops). A local tier's upstream is a remote tier, which does this
+        it until it is gone). A local tier's upstream is a remote tier, which does this
         itself when it sees the connection close."""
         conn.abort()
         if self.config.tier != "remote" or not conn.thread_id:
@@ -290,15 +293,15 @@ class Tier:
 
     async def _kill_then_discard(self, conn: ServerConnection) -> None:
         try:
-            await self.kill_query(conn)
+            await self.kill_upstream(conn)
         finally:
             self.pools.discard(conn)
 
-    async def kill_query(self, conn: ServerConnection) -> None:
-        """KILL QUERY for the statement running on `conn`, from another connection: the
-        monitor account's, else an idle pooled connection of the same user (its own queries
-        it may kill); without either the statement runs on, and the log says so."""
-        sql = f"KILL QUERY {conn.thread_id}"
+    async def kill_upstream(self, conn: ServerConnection) -> None:
+        """KILL `conn`'s server thread from another connection: the monitor account's, else
+        an idle pooled connection of the same user (its own threads it may kill); without
+        either its statement runs on, and the log says so."""
+        sql = f"KILL {conn.thread_id}"
         try:
             async with asyncio.timeout(KILL_TIMEOUT):
                 channel = self.health.channels.get(conn.server_name) if self.health else None

@@ -60,6 +60,7 @@ class Upstream:
         self._probe_lock = asyncio.Lock()
         self._down_until: dict[str, float] = {}
         self.down: set[str] = set()  # servers the health probes found down
+        self.logging_in: dict[str, set[ServerConnection]] = {}  # logins under way, by server
         self._turn = 0
 
     def server(self, name: str) -> ServerConfig:
@@ -159,6 +160,8 @@ class Upstream:
         if server is None:
             raise errors.no_writer(self.writer_problem or "no writer is known")
         conn = await self.open(server)
+        logging_in = self.logging_in.setdefault(server.name, set())
+        logging_in.add(conn)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await conn.login(
@@ -184,8 +187,17 @@ class Upstream:
         except BaseException:
             conn.abort()
             raise
+        finally:
+            logging_in.discard(conn)
         self.greeting = conn.greeting
         return conn
+
+    def abort_logins(self, name: str) -> None:
+        """`name` stopped answering: logins waiting on it give up now, not at their
+        connect_timeout (their sessions move on to another server)."""
+        for conn in list(self.logging_in.get(name, ())):
+            conn.lost_reason = f"{name} stopped answering"
+            conn.abort()
 
     async def open_pooled(
         self,

@@ -146,6 +146,7 @@ class Load:
     clients: int = 20
     unix_socket: str | None = None
     think: float = 0.0
+    give_up_after: float | None = None  # a client timeout: it gives up, reconnects, retries
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: asyncio.Event | None = None
 
@@ -174,9 +175,16 @@ class Load:
             try:
                 if conn is None:
                     conn = await self._connect()
-                async with conn.cursor() as cur:
+                async with asyncio.timeout(self.give_up_after), conn.cursor() as cur:
                     await cur.execute(f"INSERT INTO {self.table} (id, client) VALUES ({row}, {n})")
                 self.outcomes.append(Outcome(n, issued, time.monotonic(), None, row))
+            except TimeoutError:
+                # Gave up on it: whether it ran anyway is what "dead work" measures.
+                self.outcomes.append(Outcome(n, issued, time.monotonic(), "gave_up", row))
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
             except Exception as exc:
                 code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
                 self.outcomes.append(
@@ -212,6 +220,16 @@ class Load:
 
     def acknowledged(self) -> list[int]:
         return [o.row for o in self.outcomes if o.error is None and o.row is not None]
+
+    def given_up(self) -> list[int]:
+        return [o.row for o in self.outcomes if o.error == "gave_up" and o.row is not None]
+
+    def latency(self, start: float, end: float, pct: float) -> float:
+        """The `pct` percentile of how long commands issued in [start, end) took."""
+        took = sorted(o.ended - o.issued for o in self.outcomes if start <= o.issued < end)
+        if not took:
+            return 0.0
+        return took[min(len(took) - 1, int(len(took) * pct / 100))]
 
     def errors(self, issued_after: float | None = None) -> list[Outcome]:
         return [

@@ -156,3 +156,11 @@ def test_an_outside_switch_read_only_first_costs_writers_no_error(cluster):
         assert tier.run(lambda: tier.tier.upstream.current.name) == "db2"
         rows = {int(r[0]) for r in sandbox_mod.sql(replica, f"SELECT id FROM {table}")}
         assert set(acked) <= rows
+        # The old primary comes back writable (not replicating): two writers, and sluice
+        # keeps the one it follows rather than guessing.
+        sandbox_mod.sql(sb.primary, "SET GLOBAL read_only = OFF")
+        tier.call(tier.tier.check_writer())
+        assert tier.run(lambda: tier.tier.upstream.current.name) == "db2"
+        conn = app_connection(tier, sb)
+        assert scalar(conn, "SELECT @@server_id") == replica.server_id
+        conn.close()
