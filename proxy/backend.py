@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from .protocol import capabilities, charsets
 from .protocol.codec import ProtocolError, read_lenenc_bytes, read_lenenc_int, read_u32, u32
 from .protocol.constants import NATIVE_PASSWORD, Capability, Command
 from .protocol.framing import Message, MessageReader, frame
-from .protocol.handshake import AuthSwitchRequest, Greeting, HandshakeResponse
+from .protocol.handshake import AuthSwitchRequest, Greeting, HandshakeResponse, ssl_request
 from .protocol.messages import ErrPacket, OkPacket, parse_err, parse_ok
+from .protocol.plugins import UpstreamAuth, UpstreamAuthError
 from .protocol.scanner import ResponseScanner
 from .session_state import SessionState
 
@@ -51,6 +53,7 @@ class RelaySink(Protocol):
 _SESSION_TRACK = int(Capability.SESSION_TRACK)
 _DEPRECATE_EOF = int(Capability.DEPRECATE_EOF)
 _CONNECT_WITH_DB = int(Capability.CONNECT_WITH_DB)
+_SSL = int(Capability.SSL)
 
 PAUSE_UPSTREAM_FULL = 2
 """Pause reason: the upstream's write buffer is full (client reading must wait)."""
@@ -363,8 +366,12 @@ class ServerConnection(asyncio.Protocol):
         charset: int = 45,
         max_packet: int = 1 << 24,
         attributes: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_mode: str = "disabled",
+        server_hostname: str | None = None,
     ) -> None:
-        """Read the greeting and log in; raises UpstreamError or errors.ClientError."""
+        """Read the greeting, upgrade to TLS as `tls_mode` says, and log in; raises
+        UpstreamError (the server's ERR) or errors.ClientError."""
         msg = await self.read_message()
         if msg.payload[:1] == b"\xff":
             raise UpstreamError(parse_err(msg.payload), msg.payload)
@@ -375,24 +382,59 @@ class ServerConnection(asyncio.Protocol):
             caps |= _CONNECT_WITH_DB & greeting.capabilities
         else:
             caps &= ~_CONNECT_WITH_DB
-        self.capabilities = caps
+        seq = msg.seq + 1
+        secure = self.address.startswith("unix:")
+        if tls is not None and tls_mode != "disabled" and not secure:
+            if greeting.capabilities & _SSL:
+                caps |= _SSL
+                self.transport.write(frame(seq, ssl_request(caps, max_packet, charset)))  # type: ignore[union-attr]
+                seq += 1
+                await self._start_tls(tls, server_hostname)
+                secure = True
+            elif tls_mode != "preferred":
+                raise errors.upstream_tls_missing(self.server_name, self.address, tls_mode)
+        self.capabilities = caps & ~_SSL
         self.charset = charset
+        auth = UpstreamAuth(credential.user, credential.secrets, secure=secure)
+        plugin = greeting.auth_plugin or NATIVE_PASSWORD
+        try:
+            data = auth.answer(plugin, greeting.scramble)
+        except UpstreamAuthError as exc:
+            raise errors.auth_plugin_unsupported(self.server_name, exc.plugin, str(exc)) from exc
         response = HandshakeResponse(
             caps,
             max_packet,
             charset,
             credential.user,
-            credential.token(greeting.scramble),
+            data,
             database,
-            NATIVE_PASSWORD,
+            plugin,
             dict(attributes or {}),
         )
-        self.transport.write(frame(msg.seq + 1, response.payload()))  # type: ignore[union-attr]
+        self.transport.write(frame(seq, response.payload()))  # type: ignore[union-attr]
         self.scanner.deprecate_eof = bool(caps & _DEPRECATE_EOF)
-        self.auth_ok = await self._finish_auth(credential)
+        self.auth_ok = await self._finish_auth(auth)
 
-    async def _finish_auth(self, credential: Credential) -> bytes:
-        """Answer auth switches until the server says OK (returned) or ERR (raised)."""
+    async def _start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(
+                self.transport,  # type: ignore[arg-type]
+                self,
+                context,
+                server_side=False,
+                server_hostname=server_hostname,
+            )
+        except ssl.SSLError as exc:
+            reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            raise errors.upstream_tls_failed(self.server_name, self.address, reason) from exc
+        if transport is None:
+            raise ConnectionError("connection closed during the TLS handshake")
+        self.transport = transport  # type: ignore[assignment]
+
+    async def _finish_auth(self, auth: UpstreamAuth) -> bytes:
+        """Answer auth switches and AuthMoreData until the server says OK (returned) or ERR
+        (raised)."""
         while True:
             msg = await self.read_message()
             head = msg.payload[:1]
@@ -400,14 +442,20 @@ class ServerConnection(asyncio.Protocol):
                 return msg.payload
             if head == b"\xff":
                 raise UpstreamError(parse_err(msg.payload), msg.payload)
-            if head == b"\xfe":
-                switch = AuthSwitchRequest.parse(msg.payload)
-                if switch.plugin != NATIVE_PASSWORD:
-                    raise errors.auth_plugin_unsupported(self.server_name, switch.plugin)
-                token = credential.token(switch.data)
-                self.transport.write(frame(msg.seq + 1, token))  # type: ignore[union-attr]
-                continue
-            raise ProtocolError(f"unexpected packet 0x{msg.payload[0]:02x} during login")
+            try:
+                if head == b"\xfe":
+                    switch = AuthSwitchRequest.parse(msg.payload)
+                    answer: bytes | None = auth.answer(switch.plugin, switch.data)
+                elif head == b"\x01":
+                    answer = auth.more(msg.payload)
+                else:
+                    raise ProtocolError(f"unexpected packet 0x{msg.payload[0]:02x} during login")
+            except UpstreamAuthError as exc:
+                raise errors.auth_plugin_unsupported(
+                    self.server_name, exc.plugin, str(exc)
+                ) from exc
+            if answer is not None:
+                self.transport.write(frame(msg.seq + 1, answer))  # type: ignore[union-attr]
 
     async def simple_command(self, payload: bytes) -> OkPacket:
         """A command answered by OK or ERR (COM_PING, COM_INIT_DB, COM_RESET_CONNECTION)."""

@@ -228,6 +228,47 @@ class Credentials:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientTLSConfig:
+    """TLS for the clients of this tier's TCP listeners (unix sockets count as secure)."""
+
+    cert: str
+    key: str
+    ca: str | None = None  # request client certificates and verify those presented
+    client_cert: Literal["optional", "required"] = "optional"
+    mode: Literal["disabled", "preferred", "required"] = "preferred"
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTLSConfig:
+    """TLS from this tier to its upstream servers."""
+
+    mode: Literal["disabled", "preferred", "required", "verify_ca", "verify_identity"] = "preferred"
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class FailureDelayConfig:
+    """Failed logins from one source address wait longer and longer (MySQL's
+    connection_control): from the `after`-th failure on, up to `max`; a success resets it."""
+
+    after: int = 3
+    max: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    default_plugin: Literal["mysql_native_password", "caching_sha2_password"] = (
+        "mysql_native_password"
+    )
+    rsa_key: str | None = None  # caching_sha2 full authentication without TLS (else generated)
+    failure_delay: FailureDelayConfig = FailureDelayConfig()
+
+
+@dataclass(frozen=True, slots=True)
 class KeepaliveConfig:
     """TCP keepalive (and, upstream, TCP_USER_TIMEOUT): a peer that vanished without a reset
     is noticed within idle + interval x count seconds, not Linux's ~15 minutes."""
@@ -265,6 +306,7 @@ class UpstreamConfig:
     connect_timeout: float = 5.0
     keepalive: KeepaliveConfig = KeepaliveConfig()
     health: HealthConfig = HealthConfig()
+    tls: UpstreamTLSConfig = UpstreamTLSConfig(mode="disabled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +413,8 @@ class Config:
     switchover: SwitchoverConfig = SwitchoverConfig()
     heartbeat: HeartbeatConfig | None = None
     failover: FailoverConfig = FailoverConfig()
+    tls: ClientTLSConfig | None = None
+    auth: AuthConfig = AuthConfig()
 
     def user(self, name: str) -> UserConfig | None:
         """The client account called ``name`` (case-sensitive, as in MySQL), if any."""
@@ -617,8 +661,119 @@ def _parse_health(value: object) -> HealthConfig:
     )
 
 
+_TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+
+def _file(value: object, path: str) -> str:
+    """A file sluice reads at start and on reload; it must exist now."""
+    text = _string(value, path)
+    if not Path(text).is_file():
+        raise ConfigError(path, f"no such file: {text!r}")
+    return text
+
+
+def _tls_version(section: dict[str, object], path: str) -> str:
+    value = section.get("min_version", "TLSv1.2")
+    if value not in _TLS_VERSIONS:
+        raise ConfigError(
+            path, f"expected one of {', '.join(_TLS_VERSIONS)}, got {_describe(value)}"
+        )
+    return str(value)
+
+
+def _parse_client_tls(value: object, path: str = "tls") -> ClientTLSConfig | None:
+    if value is None:
+        return None
+    allowed = ("ca", "cert", "client_cert", "key", "min_version", "mode")
+    section = _section(value, path, allowed)
+    mode = _choice(
+        section.get("mode", "preferred"), f"{path}.mode", ("disabled", "preferred", "required")
+    )
+    if mode == "disabled" and not ({"cert", "key"} & set(section)):
+        return None
+    for key in ("cert", "key"):
+        if key not in section:
+            raise ConfigError(
+                _at(path, key), f"missing required key (needed for {path}.mode {mode})"
+            )
+    client_cert = _choice(
+        section.get("client_cert", "optional"), f"{path}.client_cert", ("optional", "required")
+    )
+    ca = _file(section["ca"], f"{path}.ca") if "ca" in section else None
+    if client_cert == "required" and ca is None:
+        raise ConfigError(f"{path}.client_cert", f"'required' needs {path}.ca to verify them")
+    return ClientTLSConfig(
+        cert=_file(section["cert"], f"{path}.cert"),
+        key=_file(section["key"], f"{path}.key"),
+        ca=ca,
+        client_cert="required" if client_cert == "required" else "optional",
+        mode="disabled"
+        if mode == "disabled"
+        else "required"
+        if mode == "required"
+        else "preferred",
+        min_version="TLSv1.3"
+        if _tls_version(section, f"{path}.min_version") == "TLSv1.3"
+        else "TLSv1.2",
+    )
+
+
+_UPSTREAM_TLS_MODES = ("disabled", "preferred", "required", "verify_ca", "verify_identity")
+
+
+def _parse_upstream_tls(value: object) -> UpstreamTLSConfig:
+    path = "upstream.tls"
+    section = _section(value, path, ("ca", "cert", "key", "min_version", "mode"))
+    mode = _choice(section.get("mode", "preferred"), f"{path}.mode", _UPSTREAM_TLS_MODES)
+    if "key" in section and "cert" not in section:
+        raise ConfigError(f"{path}.key", f"needs {path}.cert (the client certificate)")
+    return UpstreamTLSConfig(
+        mode=mode,  # type: ignore[arg-type]
+        ca=_file(section["ca"], f"{path}.ca") if "ca" in section else None,
+        cert=_file(section["cert"], f"{path}.cert") if "cert" in section else None,
+        key=_file(section["key"], f"{path}.key") if "key" in section else None,
+        min_version="TLSv1.3"
+        if _tls_version(section, f"{path}.min_version") == "TLSv1.3"
+        else "TLSv1.2",
+    )
+
+
+def _parse_auth(value: object) -> AuthConfig:
+    section = _section(value, "auth", ("default_plugin", "failure_delay", "rsa_key"))
+    d = AuthConfig()
+    plugin = _choice(
+        section.get("default_plugin", d.default_plugin),
+        "auth.default_plugin",
+        ("mysql_native_password", "caching_sha2_password"),
+    )
+    delay = _section(section.get("failure_delay", {}), "auth.failure_delay", ("after", "max"))
+    rsa_key = None
+    if "rsa_key" in section:
+        rsa_key = _string(section["rsa_key"], "auth.rsa_key")
+    return AuthConfig(
+        default_plugin=plugin,  # type: ignore[arg-type]
+        rsa_key=rsa_key,
+        failure_delay=FailureDelayConfig(
+            after=_integer(
+                delay.get("after", d.failure_delay.after), "auth.failure_delay.after", minimum=0
+            ),
+            max=_timeout(
+                delay.get("max", d.failure_delay.max), "auth.failure_delay.max", positive=False
+            ),
+        ),
+    )
+
+
 def _parse_upstream(value: object) -> UpstreamConfig:
-    allowed = ("connect_timeout", "health", "keepalive", "monitor", "replication", "servers")
+    allowed = (
+        "connect_timeout",
+        "health",
+        "keepalive",
+        "monitor",
+        "replication",
+        "servers",
+        "tls",
+    )
     section = _section(value, "upstream", allowed, required=("servers",))
     defaults = UpstreamConfig(servers=())
 
@@ -640,6 +795,7 @@ def _parse_upstream(value: object) -> UpstreamConfig:
             section.get("keepalive", {}), "upstream.keepalive", defaults.keepalive
         ),
         health=_parse_health(section.get("health", {})),
+        tls=_parse_upstream_tls(section.get("tls", {"mode": "disabled"})),
     )
 
 
@@ -859,6 +1015,7 @@ def _parse_log(value: object) -> LogConfig:
 
 _TOP_LEVEL = (
     "admin",
+    "auth",
     "failover",
     "heartbeat",
     "limits",
@@ -868,6 +1025,7 @@ _TOP_LEVEL = (
     "pool",
     "switchover",
     "tier",
+    "tls",
     "upstream",
     "users",
 )
@@ -915,6 +1073,8 @@ def _parse_config(data: object, allow_zero_port: bool) -> Config:
         switchover=_parse_switchover(section.get("switchover", {})),
         heartbeat=_parse_heartbeat(section.get("heartbeat")),
         failover=_parse_failover(section.get("failover", {}), tier, upstream),
+        tls=_parse_client_tls(section.get("tls")),
+        auth=_parse_auth(section.get("auth", {})),
     )
 
 
@@ -1029,6 +1189,12 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
     if cfg.upstream.replication is not None:
         upstream["replication"] = credentials(cfg.upstream.replication)
     upstream["connect_timeout"] = cfg.upstream.connect_timeout
+    up_tls = cfg.upstream.tls
+    upstream["tls"] = {
+        "mode": up_tls.mode,
+        **{k: v for k, v in (("ca", up_tls.ca), ("cert", up_tls.cert), ("key", up_tls.key)) if v},
+        "min_version": up_tls.min_version,
+    }
     upstream["keepalive"] = keepalive(cfg.upstream.keepalive)
     upstream["health"] = {
         "interval": cfg.upstream.health.interval,
@@ -1064,6 +1230,28 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
             "drain_timeout": cfg.pause.drain_timeout,
             "max_pause": cfg.pause.max_pause,
             "max_queued": cfg.pause.max_queued,
+        },
+        **(
+            {
+                "tls": {
+                    "cert": cfg.tls.cert,
+                    "key": cfg.tls.key,
+                    **({"ca": cfg.tls.ca} if cfg.tls.ca else {}),
+                    "client_cert": cfg.tls.client_cert,
+                    "mode": cfg.tls.mode,
+                    "min_version": cfg.tls.min_version,
+                }
+            }
+            if cfg.tls is not None
+            else {}
+        ),
+        "auth": {
+            "default_plugin": cfg.auth.default_plugin,
+            **({"rsa_key": cfg.auth.rsa_key} if cfg.auth.rsa_key else {}),
+            "failure_delay": {
+                "after": cfg.auth.failure_delay.after,
+                "max": cfg.auth.failure_delay.max,
+            },
         },
         "failover": {
             "mode": cfg.failover.mode,

@@ -25,7 +25,6 @@ from . import sandbox
 from .admin import control
 from .backend import ServerConnection, UpstreamError, open_connection
 from .config import Address, Config, parse_config
-from .protocol.auth import stage1
 from .protocol.capabilities import AS_CLIENT
 from .switchover import Switchover
 from .tier import Tier
@@ -199,7 +198,7 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
     monitors = []
     for server in sb.servers:
         monitor = await open_connection(server.name, Address("tcp", server.host, server.port), 10)
-        await monitor.login(Credential(root.name, stage1(root.password)), AS_CLIENT)
+        await monitor.login(Credential.of_password(root.name, root.password), AS_CLIENT)
         monitors.append(monitor)
     limit = int((await monitors[0].query("SELECT @@max_connections")).rows[0][0] or 0)
 

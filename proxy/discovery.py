@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from . import errors
 from .backend import ServerConnection, UpstreamError
 from .dialect import Dialect, DialectError, for_version
-from .protocol.auth import stage1
 from .protocol.codec import ProtocolError
 from .users import Credential
 
@@ -70,7 +69,7 @@ async def monitor_connection(
 ) -> ServerConnection:
     """A connection to a database server with the monitor account, for sluice's own SQL."""
     return await upstream.connect(
-        Credential(monitor.user, stage1(monitor.password) if monitor.password else b""),
+        Credential.of_password(monitor.user, monitor.password),
         0,
         database=None,
         charset=45,  # utf8mb4

@@ -120,11 +120,37 @@ def internal_error(what: str) -> ClientError:
     )
 
 
-def auth_plugin_unsupported(server: str, plugin: str) -> ClientError:
+def secure_transport_required() -> ClientError:
+    return ClientError(
+        ErrorCode.SECURE_TRANSPORT_REQUIRED,
+        "this listener requires TLS (tls.mode: required): connect with TLS (e.g. "
+        "--ssl-mode=REQUIRED, ssl={'ca': …}), or through the tier's unix socket",
+    )
+
+
+def upstream_tls_failed(server: str, address: str, reason: str) -> UpstreamUnreachable:
+    return UpstreamUnreachable(
+        server,
+        f"TLS to upstream '{server}' at {address} failed: {reason}; check upstream.tls (its "
+        "ca, and the name in the server's certificate for verify_identity); sluice never "
+        "falls back to plain text",
+        f"TLS failed: {reason}",
+    )
+
+
+def upstream_tls_missing(server: str, address: str, mode: str) -> UpstreamUnreachable:
+    return UpstreamUnreachable(
+        server,
+        f"upstream '{server}' at {address} does not offer TLS and upstream.tls.mode is {mode}; "
+        "enable TLS on the server, or lower the mode (preferred uses TLS when offered)",
+        "no TLS offered",
+    )
+
+
+def auth_plugin_unsupported(server: str, plugin: str, detail: str) -> ClientError:
     return ClientError(
         ErrorCode.NOT_SUPPORTED_AUTH_MODE,
-        f"upstream '{server}' asked for auth plugin '{plugin}'; sluice logs in upstream "
-        "with mysql_native_password only: create the database user with that plugin",
+        f"upstream '{server}' asked for auth plugin '{plugin}': {detail}",
     )
 
 

@@ -17,19 +17,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import ssl
 import time
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .backend import ServerConnection, ServerStatement, UpstreamError
 from .health import set_keepalive
+from .login import Login, parse_client_message
 from .logs import Throttled
 from .pool import POOL_KEY_CAPABILITIES, PoolKey, ServerRetired
-from .protocol import capabilities
-from .protocol.auth import new_scramble
 from .protocol.codec import ProtocolError, read_u32, u32
-from .protocol.constants import NATIVE_PASSWORD, Capability, Command, Status
+from .protocol.constants import Capability, Command, Status
 from .protocol.framing import (
     InfileTracker,
     Message,
@@ -38,7 +38,7 @@ from .protocol.framing import (
     frame,
     single_packet,
 )
-from .protocol.handshake import AuthSwitchRequest, ChangeUser, Greeting, HandshakeResponse
+from .protocol.handshake import ChangeUser
 from .protocol.messages import TYPE_LONGLONG, TYPE_VAR_STRING, ok_payload, text_result
 from .protocol.scanner import NO_RESPONSE, RESPONSE_MODES
 from .session_state import (
@@ -61,9 +61,9 @@ from .session_state import (
     sync_statements,
 )
 from .statements import ClientStatement, bind_execute, wants_cursor, with_statement_id
+from .tls import ServerTLS, TLSTransport
 
 _monotonic = time.monotonic
-_M = TypeVar("_M")
 
 
 def _without_schema(conn: ServerConnection) -> bool:
@@ -91,18 +91,6 @@ def refused_login(exc: Exception) -> bool:
     if isinstance(exc, UpstreamError):
         return exc.err.code in LOGIN_REFUSALS
     return isinstance(exc, errors.ClientError) and exc.code in LOGIN_REFUSALS
-
-
-def parse_client_message(parse: Callable[..., _M], payload: bytes, *args: Any) -> _M:
-    """A client's connection-phase message, or ProtocolError: whatever a parser raises on
-    bytes it did not foresee is a malformed message (1043), not a dead session."""
-    try:
-        return parse(payload, *args)
-    except ProtocolError:
-        raise
-    except Exception as exc:
-        log.error("parser %s failed on client bytes", parse.__qualname__, exc_info=exc)
-        raise ProtocolError(f"malformed message ({type(exc).__name__})") from exc
 
 
 if TYPE_CHECKING:
@@ -177,6 +165,7 @@ class ClientSession(asyncio.Protocol):
         "_row_count",
         "_step",
         "_task",
+        "_tls",
         "_trans_began",
         "_unverified",
         "_wait_limit",
@@ -242,6 +231,7 @@ class ClientSession(asyncio.Protocol):
         self._write_blocked = False  # the client's socket buffer is full (pause_writing)
         self._reply_seq = 1
         self._deadline: asyncio.TimerHandle | None = None  # the handshake's time limit
+        self._tls: ServerTLS | None = None  # the client's TLS, once it asked for it
         self._last_active = 0.0  # when the last response ended
         self._trans_began = 0.0  # when the command that opened the current transaction came
         self._unverified = False  # the upstream has not yet taken this session's login
@@ -279,6 +269,23 @@ class ClientSession(asyncio.Protocol):
         self._spawn(self._handshake())
 
     def data_received(self, data: bytes) -> None:
+        tls = self._tls
+        if tls is not None:
+            try:
+                data = tls.feed(data)
+            except Exception as exc:
+                self.crashed(exc)
+                return
+            if tls.failure is not None:
+                log.info("client %s (%s): TLS failed: %s", self.id, self.peer, tls.failure)
+                self._close()
+                return
+            if not data:
+                return
+        self._plain(data)
+
+    def _plain(self, data: bytes) -> None:
+        """What the client sent (decrypted if TLS)."""
         try:  # (free until something raises)
             state = self.state
             if state == READY and not self._reader.pending and single_packet(data):
@@ -1367,6 +1374,39 @@ class ClientSession(asyncio.Protocol):
 
     # --- connection phase -------------------------------------------------------------------
 
+    def send(self, data: bytes) -> None:
+        self._send(data)
+
+    async def next_message(self) -> Message:
+        return await self._next_message()
+
+    @property
+    def secure(self) -> bool:
+        """TLS, or a unix socket: the password may travel in clear."""
+        return self._tls is not None or self.peer == "unix"
+
+    @property
+    def source(self) -> str:
+        """The client's address without its port (what a MySQL account's host matches)."""
+        return "localhost" if self.peer == "unix" else self.peer.rsplit(":", 1)[0]
+
+    def answered_late(self) -> None:
+        """A failed login's answer waits (auth.failure_delay): not a handshake timeout."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def start_tls(self, context: ssl.SSLContext) -> None:
+        """The client sent SSLRequest: from now on its bytes are TLS. What arrived with the
+        SSLRequest (often the ClientHello) is TLS already."""
+        raw = self.transport
+        assert raw is not None
+        self._tls = ServerTLS(context, raw)
+        self.transport = TLSTransport(raw, self._tls)
+        early = self._reader.take()
+        if early:
+            self._plain(self._tls.feed(early))
+
     async def _next_message(self) -> Message:
         while True:
             msg = self._reader.next_message()
@@ -1400,35 +1440,7 @@ class ClientSession(asyncio.Protocol):
             self._close()
 
     async def _authenticate(self) -> None:
-        tier = self.tier
-        try:
-            upstream = await tier.upstream.server_greeting()
-        except errors.ClientError:
-            self._reply_seq = 0  # no greeting was sent: the error takes its place
-            raise
-        self.scramble = new_scramble()
-        offered = capabilities.offer(upstream.capabilities)
-        greeting = Greeting(
-            upstream.server_version,
-            self.id,
-            self.scramble,
-            offered,
-            upstream.charset,
-            Status.AUTOCOMMIT,
-            NATIVE_PASSWORD,
-        )
-        self._send(frame(0, greeting.payload()))
-        self._step = "waiting for the client's handshake response"
-        msg = await self._next_message()
-        self._reply_seq = msg.last_seq + 1
-        response = parse_client_message(HandshakeResponse.parse, msg.payload)
-        self.user = response.user
-        self.capabilities = int(response.capabilities) & offered
-        token = await self._native_token(response.auth_plugin, response.auth_response)
-        credential = tier.users.authenticate(response.user, self.scramble, token)
-        if credential is None:
-            tier.auth_failures += 1
-            raise errors.access_denied(response.user, self.peer.rsplit(":", 1)[0], bool(token))
+        response, credential = await Login(self).handshake()
         self.charset = response.charset
         self.max_packet = response.max_packet
         await self._log_in(credential, response.database)
@@ -1439,7 +1451,7 @@ class ClientSession(asyncio.Protocol):
             self._deadline = None
         self._last_active = _monotonic()
         self._send(frame(self._reply_seq, ok_payload(Status.AUTOCOMMIT)))
-        self._reader.max_size = tier.config.limits.max_packet_size
+        self._reader.max_size = self.tier.config.limits.max_packet_size
         self.state = READY
         if self._reader.pending:
             self._drain()
@@ -1491,17 +1503,6 @@ class ClientSession(asyncio.Protocol):
             if self.state != CLOSED:
                 self._unverified = False
 
-    async def _native_token(self, plugin: str | None, token: bytes) -> bytes:
-        """The client's mysql_native_password answer, switching it to that plugin if needed."""
-        if plugin in (None, NATIVE_PASSWORD) and len(token) in (0, 20):
-            return token
-        switch = AuthSwitchRequest(NATIVE_PASSWORD, self.scramble)
-        self._send(frame(self._reply_seq, switch.payload()))
-        self._step = "waiting for the client's answer to the switch to mysql_native_password"
-        msg = await self._next_message()
-        self._reply_seq = msg.last_seq + 1
-        return msg.payload
-
     async def _change_user(self, payload: bytes) -> None:
         """COM_CHANGE_USER: authenticate here; the session starts over as the new user."""
         self._reply_seq = 1
@@ -1512,13 +1513,9 @@ class ClientSession(asyncio.Protocol):
             timeout = self.tier.config.limits.handshake_timeout
             try:
                 async with asyncio.timeout(timeout):
-                    token = await self._native_token(request.auth_plugin, request.auth_response)
+                    credential = await Login(self).change_user(request)
             except TimeoutError:
                 raise errors.login_timed_out(timeout, self._step) from None
-            credential = self.tier.users.authenticate(request.user, self.scramble, token)
-            if credential is None:
-                self.tier.auth_failures += 1
-                raise errors.access_denied(request.user, self.peer.rsplit(":", 1)[0], bool(token))
             self._reset_session(None)
             if request.charset:
                 self.charset = request.charset

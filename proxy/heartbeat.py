@@ -24,7 +24,6 @@ from .backend import ServerConnection, UpstreamError, open_connection
 from .dialect import quote as _quote
 from .discovery import monitor_connection
 from .errors import ClientError
-from .protocol.auth import stage1
 from .protocol.capabilities import AS_CLIENT
 from .protocol.codec import ProtocolError
 from .stats import LATENCY_BUCKETS, Histogram
@@ -140,7 +139,7 @@ class Heartbeat:
         try:
             password = self.config.password
             await conn.login(
-                Credential(self.config.user, stage1(password) if password else b""),
+                Credential.of_password(self.config.user, password),
                 AS_CLIENT,
                 database=self.config.table.split(".", 1)[0],
             )

@@ -15,6 +15,7 @@ import logging
 import os
 import resource
 import socket
+import ssl
 import stat
 import time
 from typing import TYPE_CHECKING
@@ -30,8 +31,9 @@ from .heartbeat import Heartbeat
 from .pool import PoolManager
 from .session_state import CharsetSets
 from .stats import TierStats
+from .tls import TLSConfigError, server_context
 from .upstream import Upstream
-from .users import KnownLogins, UserDirectory
+from .users import FailureDelays, KnownLogins, UserDirectory
 
 if TYPE_CHECKING:
     from .admin import AdminServers
@@ -66,6 +68,11 @@ class Tier:
         self.health: HealthMonitor | None = None
         self.hold_new_work = False  # the gate is closed or failover is buffering
         self._side_tasks: set[asyncio.Task[None]] = set()  # KILL for clients that left
+        self.tls_context = build_tls_context(config)  # None: no TLS offered to clients
+        self.failure_delays = FailureDelays(
+            config.auth.failure_delay.after, config.auth.failure_delay.max
+        )
+        self._rsa: tuple[object, bytes] | None = None
         self.stats = TierStats()
         self.sessions: dict[int, ClientSession] = {}
         self.pins: dict[str, int] = {}  # pinned sessions so far, by reason
@@ -82,6 +89,21 @@ class Tier:
         self.switchovers: collections.deque[Switchover] = collections.deque(
             maxlen=SWITCHOVER_HISTORY
         )  # the last ones this tier ran, newest last
+
+    # --- TLS and authentication --------------------------------------------------------------
+
+    @property
+    def tls_required(self) -> bool:
+        """tls.mode required: plain TCP clients are refused (unix sockets count as secure)."""
+        return self.config.tls is not None and self.config.tls.mode == "required"
+
+    def rsa_key(self) -> tuple[object, bytes]:
+        """(private key, public key PEM) for caching_sha2 full authentication without TLS:
+        auth.rsa_key (created there if the file does not exist, so clients that pinned the
+        public key keep working across restarts), else one generated for this process."""
+        if self._rsa is None:
+            self._rsa = load_or_create_rsa_key(self.config.auth.rsa_key)
+        return self._rsa
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -377,6 +399,13 @@ class Tier:
         )
         self.gate.config = config.pause
         self.users = UserDirectory(config.users)
+        self.failure_delays = FailureDelays(
+            config.auth.failure_delay.after, config.auth.failure_delay.max
+        )
+        try:  # certificate files are read again even when the config file did not change
+            self.tls_context = build_tls_context(config)
+        except TLSConfigError as exc:
+            log.error("%s; keeping the certificates loaded before", exc)
         self.pools.reconfigure(config.pool)
         self.pools.set_shares(user_shares(config))
         logging.getLogger().setLevel(config.log.level.upper())
@@ -446,6 +475,39 @@ class Tier:
             await self.admin.stop()
             self.admin = None
         log.info("tier stopped")
+
+
+def build_tls_context(config: Config) -> ssl.SSLContext | None:
+    tls = config.tls
+    if tls is None or tls.mode == "disabled":
+        return None
+    return server_context(tls)
+
+
+def load_or_create_rsa_key(path: str | None) -> tuple[object, bytes]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = None
+    if path is not None and os.path.exists(path):
+        with open(path, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+    if key is None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if path is not None:
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+            log.info("generated the RSA key for caching_sha2_password in %s", path)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key, public
 
 
 def user_shares(config: Config) -> dict[str, int]:

@@ -20,6 +20,7 @@ from .protocol.constants import ErrorCode
 from .protocol.handshake import Greeting
 from .protocol.messages import parse_err
 from .session_state import TRACKING_SETUP, SessionState
+from .tls import client_context
 
 if TYPE_CHECKING:
     from .config import Config, ServerConfig
@@ -61,6 +62,8 @@ class Upstream:
         self._down_until: dict[str, float] = {}
         self.down: set[str] = set()  # servers the health probes found down
         self.logging_in: dict[str, set[ServerConnection]] = {}  # logins under way, by server
+        tls = config.upstream.tls
+        self.tls_context = client_context(tls) if tls.mode != "disabled" else None
         self._turn = 0
 
     def server(self, name: str) -> ServerConfig:
@@ -171,6 +174,9 @@ class Upstream:
                     charset=charset,
                     max_packet=max_packet,
                     attributes=attributes,
+                    tls=self.tls_context,
+                    tls_mode=self.config.upstream.tls.mode,
+                    server_hostname=server.address.host or None,
                 )
         except UpstreamError as exc:
             conn.abort()

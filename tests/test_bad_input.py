@@ -51,7 +51,9 @@ def chain(sandbox, accented_user):
         {"name": "app", "password": sandbox.users["app"].password},
         {"name": accented_user, "password": "pw-jose"},
     ]
-    remote = TierThread(tier_config(sandbox, users=users)).start()
+    remote = TierThread(
+        tier_config(sandbox, users=users, auth={"failure_delay": {"max": 0}})
+    ).start()
     local = TierThread(
         parse_config(
             {
@@ -63,6 +65,9 @@ def chain(sandbox, accented_user):
                 },
                 "pool": {"max_connections": LOCAL_POOL, "acquire_timeout": "3s"},
                 "limits": {"handshake_timeout": "2s"},
+                # These tests time each answer to bad logins; the slow-down for repeated
+                # failures (tested on its own) would only stretch them.
+                "auth": {"failure_delay": {"max": 0}},
             },
             allow_zero_port=True,
         )

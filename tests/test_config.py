@@ -221,7 +221,7 @@ BAD_VALUES = [
     ("log.format", "xml", "log.format", "'plain', 'json'"),
     ("log", "debug", "log", "expected a mapping"),
     ("tier", "middle", "tier", "'remote', 'local'"),
-    ("tiers", "local", "tiers", "unknown key; expected one of: admin, failover, heartbeat"),
+    ("tiers", "local", "tiers", "unknown key; expected one of: admin, auth, failover"),
     ("listen", [], "listen", "non-empty list"),
     ("listen", 6033, "listen", "expected an address"),
     ("listen", ["127.0.0.1:6033", "127.0.0.1:6033"], "listen[1]", "duplicate address"),

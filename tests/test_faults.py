@@ -274,8 +274,8 @@ def test_a_query_whose_client_vanished_is_killed_on_the_database(sandbox, work, 
 
 @pytest.mark.parametrize("target", ["direct", "sluice"])
 def test_connection_gone_away_after_the_clients_own_wait_timeout(sandbox, work, processes, target):
-    """PyMySQL's own test_connection_gone_away: SET wait_timeout=1, idle 2 s, the next
-    statement fails with 2006/2013, through both tiers as direct."""
+    """PyMySQL's and aiomysql's own test_connection_gone_away: SET wait_timeout=1, idle 2 s,
+    the next statement fails with 2006/2013, through both tiers as direct."""
     port = sandbox.primary.port
     if target == "sluice":
         remote = TierProcess(work, "remote", remote_config(sandbox)).start()
@@ -292,6 +292,25 @@ def test_connection_gone_away_after_the_clients_own_wait_timeout(sandbox, work, 
     with pytest.raises(pymysql.OperationalError) as info:
         cur.execute("SELECT 1+1")
     assert info.value.args[0] in (2006, 2013)
+
+    async def aiomysql_gone_away() -> int:  # aiomysql's own test_connection_gone_away
+        import aiomysql
+
+        aconn = await aiomysql.connect(
+            host="127.0.0.1", port=port, user="app", password=APP_PASSWORD, db="app"
+        )
+        acur = await aconn.cursor()
+        await acur.execute("SET wait_timeout=1")
+        await asyncio.sleep(2)
+        try:
+            await acur.execute("SELECT 1+1")
+        except pymysql.OperationalError as exc:
+            return exc.args[0]
+        finally:
+            aconn.close()
+        return 0
+
+    assert run(aiomysql_gone_away()) in (2006, 2013)
 
 
 # --- a host that vanishes without a reset -----------------------------------------------------

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 from .. import errors
 from ..backend import UpstreamError
-from ..protocol.auth import stage1
 from ..users import Credential
 from . import control, metrics, views
 
@@ -164,7 +163,7 @@ class Readiness:
 
     async def _log_in(self, server: ServerConfig, user: str, password: str) -> None:
         conn = await self.tier.upstream.connect(
-            Credential(user, stage1(password)),
+            Credential.of_password(user, password),
             0,
             database=None,
             charset=DEFAULT_CHARSET,

@@ -137,6 +137,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_STMT_HANDLER = 1243
     NO_SUCH_THREAD = 1094
     KILL_DENIED = 1095
+    SECURE_TRANSPORT_REQUIRED = 3159
 
 
 SQLSTATES: dict[int, bytes] = {
@@ -157,4 +158,5 @@ SQLSTATES: dict[int, bytes] = {
     ErrorCode.UNKNOWN_STMT_HANDLER: b"HY000",
     ErrorCode.NO_SUCH_THREAD: b"HY000",
     ErrorCode.KILL_DENIED: b"HY000",
+    ErrorCode.SECURE_TRANSPORT_REQUIRED: b"HY000",
 }

@@ -179,6 +179,14 @@ class HandshakeResponse:
         return b"".join(parts)
 
 
+def ssl_request(capabilities: int, max_packet: int, charset: int) -> bytes:
+    """SSLRequest: a HandshakeResponse41 cut after its fixed part, with CLIENT_SSL set."""
+    low = capabilities & LOW_32
+    ext = capabilities >> MARIADB_EXT_SHIFT
+    filler = b"\0" * 19 + (u32(ext) if not low & Capability.LONG_PASSWORD else b"\0" * 4)
+    return u32(low | Capability.SSL) + u32(max_packet) + bytes((charset,)) + filler
+
+
 def encode_attributes(attributes: dict[str, str], codec: str = charsets.DEFAULT) -> bytes:
     block = b"".join(
         lenenc_bytes(charsets.encode(k, codec)) + lenenc_bytes(charsets.encode(v, codec))
