@@ -135,15 +135,22 @@ def summary(
 
 
 def kill_dead(pid: int) -> None:
+    """kill -9, and return once every thread of the process is gone (its sockets closed by
+    the kernel): a thread group leader shows as a zombie while other threads still exit."""
     os.kill(pid, signal.SIGKILL)
-    while True:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
-        except (FileNotFoundError, IndexError):
+            tasks = os.listdir(f"/proc/{pid}/task")
+            states = [
+                Path(f"/proc/{pid}/task/{t}/stat").read_text().split(") ", 1)[1][0] for t in tasks
+            ]
+        except (FileNotFoundError, IndexError, ProcessLookupError):
             return
-        if state in "ZX":
+        if all(state in "ZX" for state in states):
             return
         time.sleep(0.002)
+    raise AssertionError(f"pid {pid} survived SIGKILL")
 
 
 def promote(sb: sandbox.Sandbox, name: str) -> None:

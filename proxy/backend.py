@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -240,12 +242,20 @@ class ServerConnection(asyncio.Protocol):
         else:
             sink.response_done()
 
+    def eof_received(self) -> bool | None:
+        """The server closed (a FIN). Before the socket goes, ask the kernel whether what we
+        last sent can have been read: a server that died before our command arrived answers
+        it with a reset, never an acknowledgement (see connection_lost)."""
+        if self._sink is not None and not self.reset:
+            self.reset = never_read(self.transport)
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         # A reset means the peer's socket was closed (its process gone) or closed with our
         # bytes unread: either way the command in flight was never read, so never run. A
-        # server that read it and then died closes with a FIN instead (exc None).
-        self.reset = isinstance(exc, ConnectionResetError | BrokenPipeError)
+        # server that read it and then died closes with a FIN that acknowledges it.
+        self.reset = self.reset or isinstance(exc, ConnectionResetError | BrokenPipeError)
         if not self.lost_reason:
             self.lost_reason = f"connection lost: {exc}" if exc else "connection closed by server"
         on_lost = self.on_lost
@@ -552,6 +562,26 @@ class ServerConnection(asyncio.Protocol):
                     value, pos = read_lenenc_bytes(payload, pos)
                     row.append(value.decode("utf-8", "replace"))
             rows.append(row)
+
+
+_TCP_INFO_UNACKED = struct.Struct("<I")  # struct tcp_info's tcpi_unacked, at byte 24
+_TCP_CLOSE = 7  # tcpi_state after a reset
+
+
+def never_read(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether the peer cannot have read what we last sent on this TCP transport (Linux
+    TCP_INFO, read when its FIN arrives): our bytes are still unacknowledged, or the peer
+    reset the connection after its FIN, which a closed socket does to data that arrives."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except (OSError, AttributeError):
+        return False
+    if len(info) < 28:
+        return False
+    return info[0] == _TCP_CLOSE or _TCP_INFO_UNACKED.unpack_from(info, 24)[0] > 0
 
 
 async def open_connection(
