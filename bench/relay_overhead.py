@@ -5,8 +5,13 @@ tier (`sluice run`), then drives each with sysbench in interleaved rounds. Throu
 2-core box swings ±15% run to run; CPU time per query of the proxy process (from /proc) is the
 stable figure, so the headline ratio is sluice's CPU/query over the relay's.
 
-    .venv/bin/python bench/relay_overhead.py [--threads 16] [--seconds 10] [--rounds 2]
+    .venv/bin/python bench/relay_overhead.py [--threads 16] [--seconds 10] [--rounds 2] [--tls]
 Writes bench/results/relay_overhead.json. Needs sysbench (installed with apt when missing).
+
+With --tls the clients' hop is also measured over TLS: sluice with `tls` configured beside a
+relay that terminates MySQL's in-band TLS with uvloop's own TLS transport
+(bench/tls_relay.py), CPU per query for both, and the memory each costs per idle client
+connection (RSS growth over --idle connections opened with PyMySQL, plain and TLS).
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ def sysbench(
     args: argparse.Namespace,
     action: str = "run",
     extra: tuple[str, ...] = (),
+    cwd: Path | None = None,
 ) -> str:
     cmd = [
         binary,
@@ -96,7 +102,8 @@ def sysbench(
         *extra,
         action,
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds + 120)
+    # --mysql-ssl=on reads cacert.pem, client-cert.pem and client-key.pem from its cwd.
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds + 120, cwd=cwd)
     if out.returncode != 0:
         raise RuntimeError(f"sysbench {action} on port {port} failed:\n{out.stdout}\n{out.stderr}")
     return out.stdout
@@ -123,11 +130,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--table-size", type=int, default=10000)
     parser.add_argument("--tests", default="oltp_point_select,oltp_read_write")
+    parser.add_argument("--tls", action="store_true", help="also measure the clients' hop over TLS")
+    parser.add_argument("--idle", type=int, default=300, help="idle connections for memory")
     args = parser.parse_args()
     binary = ensure_sysbench()
     work = Path(tempfile.mkdtemp(prefix="sluice-bench-", dir="/tmp"))
     procs: list[subprocess.Popen] = []
-    sb = sandbox.up(work / "db", replicas=0, max_connections=args.threads * 4 + 50)
+    # A relay opens a database connection per client: the idle-memory step needs --idle more.
+    limit = max(args.threads * 4 + 50, args.idle + 100 if args.tls else 0)
+    sb = sandbox.up(work / "db", replicas=0, max_connections=limit)
     try:
         db = sb.primary
         relay_port, sluice_port = free_port(), free_port()
@@ -166,18 +177,32 @@ def main() -> int:
             "relay": (relay_port, procs[0].pid),
             "sluice": (sluice_port, procs[1].pid),
         }
+        tls_files: Path | None = None
+        if args.tls:
+            tls_files, tls_targets = start_tls_targets(work, db, config, procs)
+            targets.update(tls_targets)
         results: dict[str, dict[str, list[dict[str, float]]]] = {}
         for test in args.tests.split(","):
             sysbench(binary, test, db.port, args, "prepare")
             results[test] = {name: [] for name in targets}
             for _ in range(args.rounds):
                 for name, (port, pid) in targets.items():
+                    tls = name.endswith("-tls")
                     before = cpu_seconds(pid)
-                    r = parse(sysbench(binary, test, port, args))
+                    out = sysbench(
+                        binary,
+                        test,
+                        port,
+                        args,
+                        extra=("--mysql-ssl=on",) if tls else (),
+                        cwd=tls_files if tls else None,
+                    )
+                    r = parse(out)
                     r["cpu_us_per_query"] = (cpu_seconds(pid) - before) / r["queries"] * 1e6
                     results[test][name].append(r)
             sysbench(binary, test, db.port, args, "cleanup")
-        report(results, args)
+        memory = idle_memory(targets, args.idle, tls_files) if args.tls else {}
+        report(results, args, memory)
     finally:
         for p in procs:
             p.terminate()
@@ -188,7 +213,85 @@ def main() -> int:
     return 0
 
 
-def report(results: dict, args: argparse.Namespace) -> None:
+def start_tls_targets(
+    work: Path, db: sandbox.SandboxServer, plain_config: Path, procs: list[subprocess.Popen]
+) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """A TLS-terminating relay and a sluice tier with `tls`, on a test CA's certificates."""
+    from tests.certs import make_certs
+
+    certs = make_certs(work / "certs")
+    files = work / "sysbench-tls"
+    files.mkdir()
+    shutil.copy(certs.ca, files / "cacert.pem")
+    shutil.copy(certs.client.cert, files / "client-cert.pem")
+    shutil.copy(certs.client.key, files / "client-key.pem")
+    relay_port, sluice_port = free_port(), free_port()
+    relay = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench/tls_relay.py"),
+            str(relay_port),
+            db.host,
+            str(db.port),
+            certs.server.cert,
+            certs.server.key,
+        ]
+    )
+    procs.append(relay)
+    config = json.loads(plain_config.read_text())
+    config["listen"] = [f"127.0.0.1:{sluice_port}"]
+    config["tls"] = {"cert": certs.server.cert, "key": certs.server.key}
+    path = work / "sluice-tls.yaml"
+    path.write_text(json.dumps(config))
+    tier = subprocess.Popen([sys.executable, "-m", "proxy.cli", "run", "-c", str(path)], cwd=ROOT)
+    procs.append(tier)
+    wait_port(relay_port)
+    wait_port(sluice_port)
+    return files, {"relay-tls": (relay_port, relay.pid), "sluice-tls": (sluice_port, tier.pid)}
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def idle_memory(
+    targets: dict[str, tuple[int, int]], count: int, tls_files: Path | None
+) -> dict[str, float]:
+    """KiB of the proxy's RSS per idle client connection (PyMySQL, TLS for *-tls)."""
+    import pymysql
+
+    out: dict[str, float] = {}
+    for name, (port, pid) in targets.items():
+        if name == "direct":
+            continue
+        ssl = {"ca": str(tls_files / "cacert.pem")} if name.endswith("-tls") else None
+        before = rss_kib(pid)
+        conns = [
+            pymysql.connect(
+                host="127.0.0.1",
+                port=port,
+                user="app",
+                password="app-pass",
+                database="app",
+                ssl=ssl,
+                ssl_disabled=ssl is None,
+            )
+            for _ in range(count)
+        ]
+        for conn in conns:  # every session has done a round trip: its buffers exist
+            conn.ping()
+        time.sleep(0.5)
+        out[name] = (rss_kib(pid) - before) / count
+        for conn in conns:
+            conn.close()
+        time.sleep(0.5)
+    return out
+
+
+def report(results: dict, args: argparse.Namespace, memory: dict[str, float]) -> None:
     summary: dict[str, dict] = {}
     print(
         f"\nthreads={args.threads} seconds={args.seconds} rounds={args.rounds} "
@@ -220,9 +323,26 @@ def report(results: dict, args: argparse.Namespace) -> None:
             "sluice_over_direct_qps": mean("sluice", "qps") / mean("direct", "qps"),
             "relay_over_direct_qps": mean("relay", "qps") / mean("direct", "qps"),
         }
+        if "sluice-tls" in by_target:
+            tls_cost = mean("sluice-tls", "cpu_us_per_query") / mean("sluice", "cpu_us_per_query")
+            vs_relay = mean("sluice-tls", "cpu_us_per_query") / mean(
+                "relay-tls", "cpu_us_per_query"
+            )
+            print(
+                f"  TLS: sluice-tls / sluice CPU per query = {tls_cost:.2f}; "
+                f"sluice-tls / relay-tls = {vs_relay:.2f}"
+            )
+            summary[test]["sluice_tls_over_sluice_cpu"] = tls_cost
+            summary[test]["sluice_tls_over_relay_tls_cpu"] = vs_relay
+    if memory:
+        print("\nmemory per idle client connection (proxy RSS growth):")
+        for name, kib in memory.items():
+            print(f"  {name:10} {kib:7.1f} KiB")
     out = ROOT / "bench/results/relay_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "results": summary}, indent=2))
+    out.write_text(
+        json.dumps({"args": vars(args), "results": summary, "memory_kib": memory}, indent=2)
+    )
     print(f"\nwrote {out}")
 
 

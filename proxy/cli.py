@@ -84,8 +84,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
     install_uvloop()
+    from .tls import TLSConfigError
+
     try:
         return asyncio.run(serve(config, args.config))
+    except TLSConfigError as exc:
+        print(f"sluice: {args.config}: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

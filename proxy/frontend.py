@@ -749,7 +749,7 @@ class ClientSession(asyncio.Protocol):
                     return
                 if flags & HOLD_NEXT:
                     self._hold = 2  # this statement and the transaction it sets up
-            elif sql[:3] in SET_HEADS and self._charset_set(sql):
+            elif sql and sql[0] in SET_HEADS and self._charset_set(sql):
                 return
         elif command in _STATEMENT_COMMANDS:
             self._statement_command(raw, command, mode, msg)

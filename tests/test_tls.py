@@ -9,7 +9,9 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import mysql.connector
 import pymysql
@@ -25,6 +27,7 @@ from proxy.protocol.handshake import Greeting, HandshakeResponse
 from .certs import make_certs
 from .conftest import short_tmp_dir
 from .harness import TierThread, scalar
+from .processes import free_port
 
 PASSWORD = "app-pass"
 
@@ -363,3 +366,21 @@ def test_repeated_failed_logins_from_one_address_slow_down(tls_db, certs):
         assert time.monotonic() - started < 0.1  # a success reset it
     finally:
         remote.stop()
+
+
+def test_a_certificate_that_cannot_be_read_stops_sluice_run_with_its_path(tmp_path, sandbox):
+    config = tmp_path / "tier.yaml"
+    config.write_text(
+        f"tier: remote\nlisten: ['127.0.0.1:{free_port()}']\nusers: [{{name: app, password: x}}]\n"
+        f"upstream: {{servers: [{{name: db1, address: '127.0.0.1:{sandbox.primary.port}'}}]}}\n"
+        f"tls: {{cert: {tmp_path}/missing.pem, key: {tmp_path}/missing.key}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.returncode == 2
+    assert f"cannot load certificate {tmp_path}/missing.pem" in out.stderr
