@@ -335,6 +335,7 @@ class AdminConfig:
     user: str = "admin"
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)  # POST controls are refused without it
+    tls: ClientTLSConfig | None = None  # both endpoints; its ca verifies peers too
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,13 +680,15 @@ def _tls_version(section: dict[str, object], path: str) -> str:
     return str(value)
 
 
-def _parse_client_tls(value: object, path: str = "tls") -> ClientTLSConfig | None:
+def _parse_client_tls(
+    value: object, path: str = "tls", default_mode: str = "preferred"
+) -> ClientTLSConfig | None:
     if value is None:
         return None
     allowed = ("ca", "cert", "client_cert", "key", "min_version", "mode")
     section = _section(value, path, allowed)
     mode = _choice(
-        section.get("mode", "preferred"), f"{path}.mode", ("disabled", "preferred", "required")
+        section.get("mode", default_mode), f"{path}.mode", ("disabled", "preferred", "required")
     )
     if mode == "disabled" and not ({"cert", "key"} & set(section)):
         return None
@@ -856,7 +859,7 @@ def _parse_pool(value: object) -> PoolConfig:
 
 
 def _parse_admin(value: object, allow_zero_port: bool) -> AdminConfig:
-    section = _section(value, "admin", ("http", "mysql", "password", "token", "user"))
+    section = _section(value, "admin", ("http", "mysql", "password", "tls", "token", "user"))
     defaults = AdminConfig()
 
     def address(key: str) -> Address | None:
@@ -873,6 +876,9 @@ def _parse_admin(value: object, allow_zero_port: bool) -> AdminConfig:
         user=_string(section.get("user", defaults.user), "admin.user"),
         password=secret("password"),
         token=secret("token"),
+        # An admin endpoint with TLS configured takes TLS only (the token must not travel
+        # in clear): mode defaults to required here.
+        tls=_parse_client_tls(section.get("tls"), "admin.tls", default_mode="required"),
     )
     if admin.mysql is not None and admin.password is None:
         raise ConfigError("admin.password", "required when admin.mysql is set (admin SQL login)")
@@ -1151,6 +1157,16 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
     def credentials(creds: Credentials) -> dict[str, object]:
         return {"user": creds.user, "password": secret(creds.password)}
 
+    def tls_dict(t: ClientTLSConfig) -> dict[str, object]:
+        return {
+            "cert": t.cert,
+            "key": t.key,
+            **({"ca": t.ca} if t.ca else {}),
+            "client_cert": t.client_cert,
+            "mode": t.mode,
+            "min_version": t.min_version,
+        }
+
     def keepalive(k: KeepaliveConfig) -> dict[str, object]:
         out: dict[str, object] = {"idle": k.idle, "interval": k.interval, "count": k.count}
         if k.user_timeout is not None:
@@ -1167,6 +1183,8 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
         admin["password"] = secret(cfg.admin.password)
     if cfg.admin.token is not None:
         admin["token"] = secret(cfg.admin.token)
+    if cfg.admin.tls is not None:
+        admin["tls"] = tls_dict(cfg.admin.tls)
 
     users: list[dict[str, object]] = []
     for user in cfg.users:
@@ -1229,20 +1247,7 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
             "max_pause": cfg.pause.max_pause,
             "max_queued": cfg.pause.max_queued,
         },
-        **(
-            {
-                "tls": {
-                    "cert": cfg.tls.cert,
-                    "key": cfg.tls.key,
-                    **({"ca": cfg.tls.ca} if cfg.tls.ca else {}),
-                    "client_cert": cfg.tls.client_cert,
-                    "mode": cfg.tls.mode,
-                    "min_version": cfg.tls.min_version,
-                }
-            }
-            if cfg.tls is not None
-            else {}
-        ),
+        **({"tls": tls_dict(cfg.tls)} if cfg.tls is not None else {}),
         "auth": {
             "default_plugin": cfg.auth.default_plugin,
             **({"rsa_key": cfg.auth.rsa_key} if cfg.auth.rsa_key else {}),

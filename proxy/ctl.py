@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import http.client
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -24,15 +26,39 @@ class ControlError(Exception):
     pass
 
 
-def call(admin: str, method: str, path: str, token: str | None, timeout: float = TIMEOUT) -> dict:
-    """One request to a tier's admin HTTP address; the JSON answer or ControlError."""
-    request = urllib.request.Request(f"http://{admin}{path}", method=method)
+def client_context(
+    ca: str | None, cert: str | None = None, key: str | None = None
+) -> ssl.SSLContext | None:
+    """How sluice ctl (and a tier calling its peers) speaks to HTTPS admin endpoints: their
+    certificate verified against `ca` (host name included), with a client certificate if
+    given. None: plain HTTP."""
+    if ca is None:
+        return None
+    context = ssl.create_default_context(cafile=ca)
+    if cert:
+        context.load_cert_chain(cert, key or None)
+    return context
+
+
+def call(
+    admin: str,
+    method: str,
+    path: str,
+    token: str | None,
+    timeout: float = TIMEOUT,
+    tls: ssl.SSLContext | None = None,
+) -> dict:
+    """One request to a tier's admin HTTP address; the JSON answer or ControlError.
+
+    With `tls` only HTTPS is spoken (a plain endpoint is refused, never used)."""
+    scheme = "https" if tls is not None else "http"
+    request = urllib.request.Request(f"{scheme}://{admin}{path}", method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     if method == "POST":
         request.data = b""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=tls) as response:
             return json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
@@ -40,15 +66,29 @@ def call(admin: str, method: str, path: str, token: str | None, timeout: float =
         except (ValueError, AttributeError):
             detail = exc.reason
         raise ControlError(f"{admin}: HTTP {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ControlError(f"{admin}: cannot reach the admin endpoint ({reason})") from None
+        if isinstance(reason, ssl.SSLError):
+            hint = (
+                "; is it a plain HTTP endpoint? sluice ctl does not fall back to plain text"
+                if "WRONG_VERSION_NUMBER" in str(reason) or "record layer" in str(reason)
+                else ""
+            )
+            raise ControlError(f"{admin}: TLS failed: {reason}{hint}") from None
+        hint = "" if tls is not None else " (if the endpoint speaks HTTPS, give --ca)"
+        raise ControlError(f"{admin}: cannot reach the admin endpoint ({reason}){hint}") from None
+
+
+TLS: ssl.SSLContext | None = None
+"""The context of this `sluice ctl` run (from --ca/--cert/--key), for every call it makes."""
 
 
 def fan_out(admins: list[str], method: str, path: str, token: str | None) -> dict[str, object]:
     """The same request to every tier at once: admin -> answer or ControlError."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(admins)) as pool:
-        futures = {admin: pool.submit(call, admin, method, path, token) for admin in admins}
+        futures = {
+            admin: pool.submit(call, admin, method, path, token, TIMEOUT, TLS) for admin in admins
+        }
         results: dict[str, object] = {}
         for admin, future in futures.items():
             try:
@@ -121,7 +161,7 @@ def switchover(admins: list[str], token: str | None, target: str) -> int:
     first, peers = admins[0], admins[1:]
     query = urllib.parse.urlencode([("to", target), *(("peer", p) for p in peers)])
     try:
-        record = call(first, "POST", f"/switchover?{query}", token, SWITCHOVER_TIMEOUT)
+        record = call(first, "POST", f"/switchover?{query}", token, SWITCHOVER_TIMEOUT, TLS)
     except ControlError as exc:
         print(f"sluice ctl: {exc}", file=sys.stderr)
         return 1
@@ -166,6 +206,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ctl.add_argument(
         "--token", default=None, help="admin.token of the tiers (default: $SLUICE_ADMIN_TOKEN)"
     )
+    ctl.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="speak HTTPS and verify the tiers' certificates against this CA (admin.tls)",
+    )
+    ctl.add_argument("--cert", metavar="FILE", help="a client certificate to present (with --ca)")
+    ctl.add_argument("--key", metavar="FILE", help="the client certificate's key")
     ctl.add_argument("action", choices=["status", "pause", "resume", "switchover", "retarget"])
     ctl.add_argument(
         "--to",
@@ -176,7 +223,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    global TLS
     token = args.token or os.environ.get("SLUICE_ADMIN_TOKEN")
+    if args.cert and not args.ca:
+        print("sluice ctl: --cert needs --ca (client certificates go over TLS)", file=sys.stderr)
+        return 2
+    try:
+        TLS = client_context(args.ca, args.cert, args.key)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"sluice ctl: cannot use --ca/--cert: {exc}", file=sys.stderr)
+        return 2
     if args.action in ("switchover", "retarget"):
         if not args.to:
             print(f"sluice ctl: {args.action} needs --to SERVER", file=sys.stderr)

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,11 +75,12 @@ class Peer:
     address: str
     token: str | None
     timeout: float
+    tls: ssl.SSLContext | None = None  # admin.tls: peers are verified against its ca
     paused: bool = False
 
     async def call(self, path: str) -> dict:
         return await asyncio.to_thread(
-            ctl.call, self.address, "POST", path, self.token, self.timeout
+            ctl.call, self.address, "POST", path, self.token, self.timeout, self.tls
         )
 
 
@@ -519,9 +521,19 @@ class Switchover:
         own = {str(a) for a in self.tier.admin_addresses().values()}
         wanted = [str(a) for a in config.switchover.peers] + list(self.peer_addresses)
         peers: list[Peer] = []
+        tls = config.admin.tls
+        context = None
+        if tls is not None and tls.ca:
+            # Peers are verified against admin.tls.ca. A fleet that requires client
+            # certificates (client_cert: required) gets this tier's own, which must then be
+            # good for client authentication too.
+            mine = tls.client_cert == "required"
+            context = ctl.client_context(tls.ca, tls.cert if mine else None, tls.key)
         for address in dict.fromkeys(wanted):
             if address not in own:
-                peers.append(Peer(address, config.admin.token, config.switchover.peer_timeout))
+                peers.append(
+                    Peer(address, config.admin.token, config.switchover.peer_timeout, context)
+                )
         if peers and config.admin.token is None:
             raise SwitchoverFailed("peer tiers are driven with admin.token, which is not set")
         return peers

@@ -406,6 +406,8 @@ class Tier:
             self.tls_context = build_tls_context(config)
         except TLSConfigError as exc:
             log.error("%s; keeping the certificates loaded before", exc)
+        if self.admin is not None:
+            self.admin.reload_certificates()
         self.pools.reconfigure(config.pool)
         self.pools.set_shares(user_shares(config))
         logging.getLogger().setLevel(config.log.level.upper())

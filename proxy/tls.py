@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -221,3 +222,138 @@ def tls_version(transport: Any) -> str | None:
     """The TLS version a transport speaks, or None for plain text."""
     obj = transport.get_extra_info("ssl_object") if transport is not None else None
     return obj.version() if obj is not None else None
+
+
+# --- a MySQL-protocol TLS front (the admin SQL port) -------------------------------------------
+
+_CLIENT_SSL = 0x800
+
+
+class InBandTLSFront(asyncio.Protocol):
+    """Terminates MySQL's in-band TLS in front of a server that speaks none, relaying bytes.
+
+    It forwards the server's greeting with CLIENT_SSL added, starts TLS on the client's
+    SSLRequest (on memory BIOs, like client sessions), forwards the handshake response with
+    CLIENT_SSL cleared and its sequence id back by one, and the server's answers until the
+    login is over forward by one; then it only copies. A plain client is refused with
+    `refuse_plain` (an ERR payload) when it is set. The admin SQL port (mysql-mimic, whose own
+    TLS loses a ClientHello that arrives with the SSLRequest) sits behind one."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        open_upstream: Callable[[asyncio.Protocol], Awaitable[asyncio.Transport]],
+        refuse_plain: bytes | None = None,
+    ) -> None:
+        self.context = context
+        self.open_upstream = open_upstream
+        self.refuse_plain = refuse_plain
+        self.transport: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.tls: ServerTLS | None = None
+        self.phase = 0  # 0 greeting, 1 client's first packet, 2 response in TLS, 3 login, 4 relay
+        self._task: asyncio.Task[None] | None = None
+
+    # the client side
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.pause_reading()  # type: ignore[attr-defined]
+        self._task = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            self.upstream = await self.open_upstream(_FrontUpstream(self))
+        except OSError:
+            self._close()
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tls is not None:
+            data = self.tls.feed(data)
+            if self.tls.failure is not None:
+                self._close()
+                return
+            if not data:
+                return
+            if self.phase == 2:  # the handshake response: the server saw no TLS
+                caps = int.from_bytes(data[4:8], "little") & ~_CLIENT_SSL
+                seq = bytes(((data[3] - 1) & 0xFF,))
+                data = data[:3] + seq + caps.to_bytes(4, "little") + data[8:]
+                self.phase = 3
+            elif self.phase == 3:  # an answer to an auth switch: one less, as above
+                data = data[:3] + bytes(((data[3] - 1) & 0xFF,)) + data[4:]
+        elif self.phase == 1:
+            length = int.from_bytes(data[:3], "little") if len(data) >= 4 else -1
+            if length == 32 and int.from_bytes(data[4:8], "little") & _CLIENT_SSL:
+                raw = self.transport
+                assert raw is not None
+                self.tls = ServerTLS(self.context, raw)
+                self.transport = TLSTransport(raw, self.tls)
+                self.phase = 2
+                if len(data) > 36:  # the ClientHello came along
+                    self.data_received(data[36:])
+                return
+            if self.refuse_plain is not None:
+                seq = bytes(((data[3] + 1) & 0xFF,))
+                assert self.transport is not None
+                self.transport.write(len(self.refuse_plain).to_bytes(3, "little") + seq)
+                self.transport.write(self.refuse_plain)
+                self._close()
+                return
+            self.phase = 4
+        assert self.upstream is not None
+        self.upstream.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+
+    def pause_writing(self) -> None:  # the client reads slower than the server sends
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # the server side
+    def from_upstream(self, data: bytes) -> None:
+        if self.phase == 0:  # the greeting: offer TLS
+            at = data.index(b"\0", 5) + 14  # version, NUL, id (4), scramble (8), filler
+            low = int.from_bytes(data[at : at + 2], "little") | _CLIENT_SSL
+            data = data[:at] + low.to_bytes(2, "little") + data[at + 2 :]
+            self.phase = 1
+        elif self.phase == 3:  # OK, ERR or an auth switch: the client counted one more
+            data = data[:3] + bytes(((data[3] + 1) & 0xFF,)) + data[4:]
+            if data[4:5] in (b"\x00", b"\xff"):
+                self.phase = 4
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+class _FrontUpstream(asyncio.Protocol):
+    def __init__(self, front: InBandTLSFront) -> None:
+        self.front = front
+
+    def data_received(self, data: bytes) -> None:
+        self.front.from_upstream(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.front.transport is not None:
+            self.front.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.front.transport is not None:
+            self.front.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.front.transport is not None:
+            self.front.transport.resume_reading()

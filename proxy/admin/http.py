@@ -1,9 +1,12 @@
 """The HTTP admin endpoints on `admin.http`: /healthz, /readyz, /status and /metrics.
 
-A deliberately small HTTP/1.1 server on asyncio streams (admin traffic is a few requests a
-second at most; latency does not matter here, simplicity does): one request per connection,
-answered with `Connection: close`. GET reads state; POST /pause and /resume drive the write
-gate and need `admin.token` (sent as `Authorization: Bearer TOKEN`).
+HTTP/1.1 on asyncio streams with h11 doing the protocol (a sans-I/O state machine, as sluice's
+own protocol code is): one request per connection, answered with `Connection: close`, bounded
+in header size and time. Admin traffic is a few requests a second; latency does not matter
+here, and it never touches the data path. GET reads state; POST /pause, /resume, /switchover
+and /retarget need `admin.token` (sent as `Authorization: Bearer TOKEN`), compared in constant
+time; wrong tokens from one address are answered more and more slowly, and every control call
+is logged with its source and outcome. With `admin.tls` the endpoint speaks HTTPS.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import dataclasses
 import hmac
 import json
 import logging
+import ssl
 import time
 import urllib.parse
 from typing import TYPE_CHECKING
 
+import h11
+
 from .. import errors
 from ..backend import UpstreamError
-from ..users import Credential
+from ..users import Credential, FailureDelays
 from . import control, metrics, views
 
 if TYPE_CHECKING:
@@ -40,14 +46,18 @@ PROBE_TIMEOUT = 2.0
 DEFAULT_CHARSET = 45  # utf8mb4_general_ci
 
 _REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    409: b"Conflict",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
 }
 
 
@@ -71,16 +81,24 @@ class Response:
         body = json.dumps(data, indent=2).encode() + b"\n"
         return cls(status, body, "application/json", headers)
 
-    def encode(self, head_only: bool = False) -> bytes:
-        lines = [
-            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Unknown')}",
-            f"Content-Type: {self.content_type}",
-            f"Content-Length: {len(self.body)}",
-            "Connection: close",
-            *(f"{name}: {value}" for name, value in self.headers.items()),
+    def events(self, head_only: bool = False) -> list[h11.Event]:
+        headers = [
+            ("Content-Type", self.content_type),
+            ("Content-Length", str(len(self.body))),
+            ("Connection", "close"),
+            *self.headers.items(),
         ]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        return head if head_only else head + self.body
+        out: list[h11.Event] = [
+            h11.Response(
+                status_code=self.status,
+                headers=headers,
+                reason=_REASONS.get(self.status, b""),
+            )
+        ]
+        if not head_only and self.body:
+            out.append(h11.Data(data=self.body))
+        out.append(h11.EndOfMessage())
+        return out
 
 
 class Readiness:
@@ -194,11 +212,13 @@ async def _open(address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamW
 class HttpAdmin:
     """The admin HTTP server of one tier."""
 
-    def __init__(self, tier: Tier) -> None:
+    def __init__(self, tier: Tier, tls: ssl.SSLContext | None = None) -> None:
         self.tier = tier
+        self.tls = tls
         self.registry = metrics.tier_registry(tier)
         self.readiness = Readiness(tier)
         self._server: asyncio.Server | None = None
+        self._token_failures = FailureDelays(after=3, maximum=2.0)
         self._routes = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
@@ -214,12 +234,10 @@ class HttpAdmin:
 
     async def start(self, address: Address) -> None:
         if address.kind == "unix":
-            self._server = await asyncio.start_unix_server(
-                self._serve, address.path, limit=MAX_HEADER_BYTES
-            )
+            self._server = await asyncio.start_unix_server(self._serve, address.path)
         else:
             self._server = await asyncio.start_server(
-                self._serve, address.host, address.port, reuse_address=True, limit=MAX_HEADER_BYTES
+                self._serve, address.host, address.port, reuse_address=True, ssl=self.tls
             )
 
     @property
@@ -236,28 +254,36 @@ class HttpAdmin:
     # --- one request ----------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        peer = writer.get_extra_info("peername")
+        source = peer[0] if isinstance(peer, tuple) else "unix"
         head_only = False
         try:
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    request = await _read_request(conn, reader)
             except TimeoutError:
                 response = Response(408, b"request timed out\n")
-            except asyncio.LimitOverrunError:
-                response = Response(431, b"request header too large\n")
-            except asyncio.IncompleteReadError:
-                return  # the client went away
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                response = Response.json(status, {"error": f"malformed HTTP request: {exc}"})
             else:
-                method, path, query = _request_line(head)
+                if request is None:
+                    return  # the client went away
+                method = request.method.decode("ascii", "replace").upper()
                 head_only = method == "HEAD"
-                headers = _headers(head)
-                length = int(headers.get("content-length", "0") or 0)
-                if 0 < length <= MAX_HEADER_BYTES:
-                    await reader.readexactly(length)  # controls take no body: read and ignore
-                response = await self._respond(method, path, headers, query)
-            writer.write(response.encode(head_only))
+                target = request.target.decode("ascii", "replace")
+                path, _, query = target.partition("?")
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+                response = await self._respond(
+                    method, path, headers, urllib.parse.parse_qs(query), source
+                )
+            if conn.our_state is not h11.SEND_RESPONSE:
+                conn = _answering()  # no request head arrived (timed out): h11 needs one
+            for event in response.events(head_only):
+                writer.write(conn.send(event))
             await writer.drain()
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, ssl.SSLError):
             pass
         finally:
             writer.close()
@@ -266,13 +292,12 @@ class HttpAdmin:
 
     async def _respond(
         self,
-        method: str | None,
+        method: str,
         path: str,
         headers: dict[str, str] | None = None,
         query: dict[str, list[str]] | None = None,
+        source: str = "?",
     ) -> Response:
-        if method is None:
-            return Response.json(400, {"error": "malformed HTTP request line"})
         control = self._controls.get(path)
         if control is not None:
             if method != "POST":
@@ -281,12 +306,32 @@ class HttpAdmin:
                 )
             refusal = self._authorize(headers or {})
             if refusal is not None:
+                delay = self._token_failures.failed(source) if refusal.status == 401 else 0
+                log.warning(
+                    "admin: POST %s from %s refused (%d)%s",
+                    path,
+                    source,
+                    refusal.status,
+                    f"; answering in {delay:g}s" if delay else "",
+                )
+                if delay:
+                    await asyncio.sleep(delay)
                 return refusal
+            self._token_failures.succeeded(source)
             try:
-                return await control(query or {})
+                response = await control(query or {})
             except Exception:
-                log.exception("admin control %s failed", path)
+                log.exception("admin control %s from %s failed", path, source)
                 return Response.json(500, {"error": f"{path} failed; see the sluice log"})
+            args = " ".join(f"{k}={','.join(v)}" for k, v in sorted((query or {}).items()))
+            log.info(
+                "admin: POST %s%s from %s: %d",
+                path,
+                f" ({args})" if args else "",
+                source,
+                response.status,
+            )
+            return response
         handler = self._routes.get(path)
         if handler is None:
             return Response.json(
@@ -379,24 +424,39 @@ class HttpAdmin:
         return Response(200, metrics.render(self.registry), metrics.CONTENT_TYPE)
 
 
-def _request_line(head: bytes) -> tuple[str | None, str, dict[str, list[str]]]:
-    """(method, path, query parameters), or (None, "", {}) when the line is not HTTP."""
-    line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = line.split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/") or not parts[0].isalpha():
-        return None, "", {}
-    path, _, query = parts[1].partition("?")
-    return parts[0].upper(), path, urllib.parse.parse_qs(query)
+def _answering() -> h11.Connection:
+    """A server connection ready to send a response without having read a request (408):
+    h11 answers only requests, so it is handed a minimal one."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: sluice\r\n\r\n")
+    conn.next_event()
+    return conn
 
 
-def _headers(head: bytes) -> dict[str, str]:
-    """Header fields of a request head, names lowered."""
-    out = {}
-    for line in head.split(b"\r\n")[1:]:
-        name, sep, value = line.decode("latin-1").partition(":")
-        if sep:
-            out[name.strip().lower()] = value.strip()
-    return out
+async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
+    """The request (its body, which no endpoint takes, is read and dropped), or None if the
+    client left first. h11 bounds the head to MAX_HEADER_BYTES (431) and refuses what is not
+    HTTP/1.x (400)."""
+    request: h11.Request | None = None
+    body = 0
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(65536)
+            conn.receive_data(data)
+            if not data and request is None:
+                return None
+            continue
+        if isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += len(event.data)
+            if body > MAX_HEADER_BYTES:
+                raise h11.RemoteProtocolError("request body too large", error_status_hint=413)
+        elif isinstance(event, h11.EndOfMessage):
+            return request
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
 
 
 def status(tier: Tier) -> dict[str, object]:

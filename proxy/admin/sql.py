@@ -12,7 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import shutil
+import ssl
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +34,9 @@ from mysql_mimic import (
 from mysql_mimic.errors import ErrorCode, MysqlError
 
 from ..config import ConfigError, load_config
+from ..protocol.constants import ErrorCode as SluiceErrorCode
+from ..protocol.messages import sluice_err_payload
+from ..tls import InBandTLSFront
 from . import control, views
 
 if TYPE_CHECKING:
@@ -321,26 +328,62 @@ def _switchover_row(run: Switchover) -> tuple[object, ...]:
 class SqlAdmin:
     """The admin SQL server of one tier, on the tier's own event loop."""
 
-    def __init__(self, tier: Tier) -> None:
+    def __init__(self, tier: Tier, tls: ssl.SSLContext | None = None) -> None:
         admin = tier.config.admin
         if admin.password is None:  # config validation already insists on it
             raise ValueError("admin.password is required for the admin SQL port")
         self.sessions: set[AdminSession] = set()
+        self.tls = tls
+        self.required = admin.tls is not None and admin.tls.mode == "required"
         self.server = MysqlServer(
             session_factory=lambda: AdminSession(tier, self.sessions),
             identity_provider=AdminIdentity(admin.user, admin.password),
         )
+        self._front: asyncio.Server | None = None
+        self._inner: str | None = None
 
     async def start(self, address: Address) -> None:
-        if address.kind == "unix":
+        if address.kind == "unix":  # a unix socket counts as secure: no TLS there
             await self.server.start_unix_server(path=address.path)
-        else:
+            return
+        if self.tls is None:
             await self.server.start_server(host=address.host, port=address.port, reuse_address=True)
+            return
+        # TLS in front of mysql-mimic (whose own start_tls loses a ClientHello that arrives
+        # with the SSLRequest): it listens on a private unix socket, and the TCP address is
+        # an InBandTLSFront relaying to it.
+        self._inner = os.path.join(tempfile.mkdtemp(prefix="sluice-admin-"), "sql.sock")
+        await self.server.start_unix_server(path=self._inner)
+        refusal = None
+        if self.required:
+            refusal = sluice_err_payload(
+                SluiceErrorCode.SECURE_TRANSPORT_REQUIRED,
+                "the admin port requires TLS (admin.tls): connect with --ssl and the admin "
+                "CA, or through a unix socket",
+            )
+        inner = self._inner
+        loop = asyncio.get_running_loop()
+
+        async def open_inner(protocol: asyncio.Protocol) -> asyncio.Transport:
+            transport, _ = await loop.create_unix_connection(lambda: protocol, inner)
+            return transport
+
+        context = self.tls
+        self._front = await loop.create_server(
+            lambda: InBandTLSFront(context, open_inner, refusal),
+            address.host,
+            address.port,
+            reuse_address=True,
+        )
 
     def sockets(self) -> Sequence[Any]:
-        return self.server.sockets()
+        return self._front.sockets if self._front is not None else self.server.sockets()
 
     async def stop(self) -> None:
+        if self._front is not None:
+            self._front.close()
+        if self._inner is not None:
+            shutil.rmtree(os.path.dirname(self._inner), ignore_errors=True)
         self.server.close()
         for session in list(self.sessions):  # admin clients still connected
             with contextlib.suppress(Exception):
