@@ -26,7 +26,8 @@ class Upstream(asyncio.Protocol):
         self.client.transport.write(data)
 
     def connection_lost(self, exc):
-        self.client.transport.close()
+        if not self.client.transport.is_closing():
+            self.client.transport.close()
 
     def pause_writing(self):
         self.client.transport.pause_reading()
@@ -51,6 +52,9 @@ class Client(asyncio.Protocol):
 
     def upstream_ready(self, upstream: Upstream) -> None:
         self.upstream = upstream
+        if self.transport.is_closing():  # the client left while we connected
+            upstream.transport.close()
+            return
         self.transport.resume_reading()
 
     def data_received(self, data):

@@ -1,17 +1,23 @@
-"""sluice vs a plain byte relay vs direct: throughput and proxy CPU per query, side by side.
+"""sluice vs a plain byte relay vs direct: proxy CPU per query, side by side in one run.
 
-One run starts a sandbox MariaDB, a plain uvloop byte relay (bench/byte_relay.py) and a sluice
-tier (`sluice run`), then drives each with sysbench in interleaved rounds. Throughput on a
-2-core box swings ±15% run to run; CPU time per query of the proxy process (from /proc) is the
-stable figure, so the headline ratio is sluice's CPU/query over the relay's.
+One run starts a sandbox MariaDB, plain uvloop byte relays (bench/byte_relay.py: one hop, and
+two chained) and sluice (`sluice run`: a remote tier alone, and a local tier in front of a
+remote tier, each with a pool of --pool connections), then drives each with sysbench in
+interleaved rounds. Throughput on a 2-core box swings ±15% run to run; the CPU time per query
+of the proxy processes (from /proc, summed over a chain) is the stable figure, so the headline
+is sluice's CPU/query over the relay's, for 1 tier and for 2 tiers over two relay hops.
 
-    .venv/bin/python bench/relay_overhead.py [--threads 16] [--seconds 10] [--rounds 2] [--tls]
+The rows: point selects at 8 threads (no queueing), read_write at 16 threads with prepared
+statements off and on, and the funnel: 512 threads on sluice's 24 connections (the relays open
+512 database connections). Then the funnel's CPU per query at 64, 512 and 4,096 clients.
+
+    .venv/bin/python bench/relay_overhead.py [--seconds 10] [--rounds 2] [--rows 1,4] [--tls]
 Writes bench/results/relay_overhead.json. Needs sysbench (installed with apt when missing).
 
-With --tls the clients' hop is also measured over TLS: sluice with `tls` configured beside a
-relay that terminates MySQL's in-band TLS with uvloop's own TLS transport
-(bench/tls_relay.py), CPU per query for both, and the memory each costs per idle client
-connection (RSS growth over --idle connections opened with PyMySQL, plain and TLS).
+With --tls the clients' hop is also measured over TLS on the rows without a funnel: sluice with
+`tls` configured beside a relay that terminates MySQL's in-band TLS with uvloop's own TLS
+transport (bench/tls_relay.py), and the memory each costs per idle client connection (RSS
+growth over --idle connections opened with PyMySQL, plain and TLS).
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ def sysbench(
     test: str,
     port: int,
     args: argparse.Namespace,
+    threads: int,
     action: str = "run",
     extra: tuple[str, ...] = (),
     cwd: Path | None = None,
@@ -95,15 +102,14 @@ def sysbench(
         "--mysql-db=app",
         "--tables=4",
         f"--table-size={args.table_size}",
-        f"--threads={args.threads}",
+        f"--threads={threads}",
         f"--time={args.seconds}",
         "--report-interval=0",
-        "--db-ps-mode=disable",
-        *extra,
+        *(extra or ("--db-ps-mode=disable",)),
         action,
     ]
     # --mysql-ssl=on reads cacert.pem, client-cert.pem and client-key.pem from its cwd.
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds + 120, cwd=cwd)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds + 180, cwd=cwd)
     if out.returncode != 0:
         raise RuntimeError(f"sysbench {action} on port {port} failed:\n{out.stdout}\n{out.stderr}")
     return out.stdout
@@ -123,86 +129,166 @@ def parse(output: str) -> dict[str, float]:
     }
 
 
+ROWS = (
+    # (row label, sysbench test, threads, prepared statements)
+    ("point_select, 8 threads (no queueing)", "oltp_point_select", 8, False),
+    ("read_write, 16 threads, ps off", "oltp_read_write", 16, False),
+    ("read_write, 16 threads, ps on", "oltp_read_write", 16, True),
+    ("point_select, 512 threads (funnel)", "oltp_point_select", 512, False),
+    ("read_write, 512 threads (funnel)", "oltp_read_write", 512, False),
+)
+"""The table of issue 12: sluice beside a relay at every row; the funnel rows put 512 clients
+on sluice's 24 connections while the relay opens 512 database connections."""
+
+SCALING = (64, 512, 4096)
+"""Clients for the funnel's CPU per query at growing queues (point selects, sluice only)."""
+
+
+class Target:
+    """Something sysbench connects to: a port and the processes whose CPU a query costs."""
+
+    def __init__(self, name: str, port: int, pids: list[int]) -> None:
+        self.name, self.port, self.pids = name, port, pids
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+
+def spawn_relay(procs: list[subprocess.Popen], host: str, port: int) -> tuple[int, int]:
+    listen = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench/byte_relay.py"), str(listen), host, str(port)]
+    )
+    procs.append(proc)
+    wait_port(listen)
+    return listen, proc.pid
+
+
+def spawn_tier(
+    procs: list[subprocess.Popen], work: Path, name: str, tier: str, upstream: str, pool: int
+) -> tuple[int, int]:
+    listen = free_port()
+    config = work / f"{name}.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "tier": tier,
+                "listen": [f"127.0.0.1:{listen}"],
+                "users": [{"name": "app", "password": "app-pass"}],
+                "upstream": {"servers": [{"name": "up1", "address": upstream}]},
+                "pool": {"max_connections": pool, "acquire_timeout": 60},
+                "log": {"level": "warning"},
+            }
+        )
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "run", "-c", str(config)], cwd=ROOT)
+    procs.append(proc)
+    wait_port(listen)
+    return listen, proc.pid
+
+
+def start_targets(
+    work: Path, db: sandbox.SandboxServer, procs: list[subprocess.Popen], pool: int
+) -> dict[str, Target]:
+    """direct; a relay and sluice's remote tier (1 hop); two chained relays and a local tier
+    in front of a remote tier (2 hops)."""
+    address = f"{db.host}:{db.port}"
+    relay, relay_pid = spawn_relay(procs, db.host, db.port)
+    inner, inner_pid = spawn_relay(procs, db.host, db.port)
+    outer, outer_pid = spawn_relay(procs, "127.0.0.1", inner)
+    one, one_pid = spawn_tier(procs, work, "sluice", "remote", address, pool)
+    remote, remote_pid = spawn_tier(procs, work, "remote", "remote", address, pool)
+    local, local_pid = spawn_tier(procs, work, "local", "local", f"127.0.0.1:{remote}", pool)
+    return {
+        "direct": Target("direct", db.port, [db.pid]),
+        "relay": Target("relay", relay, [relay_pid]),
+        "sluice": Target("sluice", one, [one_pid]),
+        "relay x2": Target("relay x2", outer, [outer_pid, inner_pid]),
+        "sluice x2": Target("sluice x2", local, [local_pid, remote_pid]),
+    }
+
+
+def measure(
+    binary: str,
+    target: Target,
+    test: str,
+    threads: int,
+    ps: bool,
+    args: argparse.Namespace,
+    tls_files: Path | None = None,
+) -> dict[str, float]:
+    extra = ["--db-ps-mode=auto" if ps else "--db-ps-mode=disable"]
+    if tls_files is not None:
+        extra.append("--mysql-ssl=on")
+    before = target.cpu()
+    out = sysbench(
+        binary, test, target.port, args, threads=threads, extra=tuple(extra), cwd=tls_files
+    )
+    r = parse(out)
+    r["cpu_us_per_query"] = (target.cpu() - before) / r["queries"] * 1e6
+    return r
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--table-size", type=int, default=10000)
-    parser.add_argument("--tests", default="oltp_point_select,oltp_read_write")
+    parser.add_argument("--pool", type=int, default=24, help="each sluice tier's pool")
+    parser.add_argument(
+        "--rows", default="", help="comma-separated row numbers (1-5) to run; default all"
+    )
+    parser.add_argument(
+        "--scaling", default=",".join(map(str, SCALING)), help="funnel clients ('' for none)"
+    )
     parser.add_argument("--tls", action="store_true", help="also measure the clients' hop over TLS")
     parser.add_argument("--idle", type=int, default=300, help="idle connections for memory")
     args = parser.parse_args()
     binary = ensure_sysbench()
+    rows = [ROWS[int(i) - 1] for i in args.rows.split(",")] if args.rows else list(ROWS)
+    scaling = [int(n) for n in args.scaling.split(",") if n]
     work = Path(tempfile.mkdtemp(prefix="sluice-bench-", dir="/tmp"))
     procs: list[subprocess.Popen] = []
-    # A relay opens a database connection per client: the idle-memory step needs --idle more.
-    limit = max(args.threads * 4 + 50, args.idle + 100 if args.tls else 0)
+    # Direct and relay runs open a database connection per client (closing ones linger).
+    widest = max([threads for _, _, threads, _ in rows] + [16])
+    limit = max(2 * widest + 200, args.idle + 100 if args.tls else 0)
     sb = sandbox.up(work / "db", replicas=0, max_connections=limit)
     try:
         db = sb.primary
-        relay_port, sluice_port = free_port(), free_port()
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(ROOT / "bench/byte_relay.py"),
-                    str(relay_port),
-                    db.host,
-                    str(db.port),
-                ]
-            )
-        )
-        config = work / "sluice.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "tier": "remote",
-                    "listen": [f"127.0.0.1:{sluice_port}"],
-                    "users": [{"name": "app", "password": "app-pass"}],
-                    "upstream": {"servers": [{"name": "db1", "address": f"{db.host}:{db.port}"}]},
-                    "log": {"level": "warning"},
-                }
-            )
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "proxy.cli", "run", "-c", str(config)], cwd=ROOT
-            )
-        )
-        wait_port(relay_port)
-        wait_port(sluice_port)
-        targets = {
-            "direct": (db.port, db.pid),
-            "relay": (relay_port, procs[0].pid),
-            "sluice": (sluice_port, procs[1].pid),
-        }
+        targets = start_targets(work, db, procs, args.pool)
         tls_files: Path | None = None
+        tls_targets: dict[str, Target] = {}
         if args.tls:
-            tls_files, tls_targets = start_tls_targets(work, db, config, procs)
-            targets.update(tls_targets)
-        results: dict[str, dict[str, list[dict[str, float]]]] = {}
-        for test in args.tests.split(","):
-            sysbench(binary, test, db.port, args, "prepare")
-            results[test] = {name: [] for name in targets}
+            tls_files, tls_targets = start_tls_targets(work, db, procs)
+        table: list[dict] = []
+        prepared: set[str] = set()
+        for label, test, threads, ps in rows:
+            if test not in prepared:
+                sysbench(binary, test, db.port, args, threads=8, action="prepare")
+                prepared.add(test)
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+            if not (threads > 64 or ps):
+                runs.update({name: [] for name in tls_targets})
             for _ in range(args.rounds):
-                for name, (port, pid) in targets.items():
-                    tls = name.endswith("-tls")
-                    before = cpu_seconds(pid)
-                    out = sysbench(
-                        binary,
-                        test,
-                        port,
-                        args,
-                        extra=("--mysql-ssl=on",) if tls else (),
-                        cwd=tls_files if tls else None,
-                    )
-                    r = parse(out)
-                    r["cpu_us_per_query"] = (cpu_seconds(pid) - before) / r["queries"] * 1e6
-                    results[test][name].append(r)
-            sysbench(binary, test, db.port, args, "cleanup")
-        memory = idle_memory(targets, args.idle, tls_files) if args.tls else {}
-        report(results, args, memory)
+                for name in runs:
+                    target = targets.get(name) or tls_targets[name]
+                    tls = tls_files if name in tls_targets else None
+                    runs[name].append(measure(binary, target, test, threads, ps, args, tls))
+            table.append({"row": label, "test": test, "threads": threads, "ps": ps, "runs": runs})
+            print_row(table[-1])
+        funnel: dict[str, dict[int, list[dict[str, float]]]] = {}
+        if scaling:
+            if "oltp_point_select" not in prepared:
+                sysbench(binary, "oltp_point_select", db.port, args, threads=8, action="prepare")
+            for name in ("sluice", "sluice x2"):
+                funnel[name] = {n: [] for n in scaling}
+                for _ in range(args.rounds):
+                    for n in scaling:
+                        funnel[name][n].append(
+                            measure(binary, targets[name], "oltp_point_select", n, False, args)
+                        )
+        memory = idle_memory({**targets, **tls_targets}, args.idle, tls_files) if args.tls else {}
+        report(table, funnel, args, memory)
     finally:
         for p in procs:
             p.terminate()
@@ -214,8 +300,8 @@ def main() -> int:
 
 
 def start_tls_targets(
-    work: Path, db: sandbox.SandboxServer, plain_config: Path, procs: list[subprocess.Popen]
-) -> tuple[Path, dict[str, tuple[int, int]]]:
+    work: Path, db: sandbox.SandboxServer, procs: list[subprocess.Popen]
+) -> tuple[Path, dict[str, Target]]:
     """A TLS-terminating relay and a sluice tier with `tls`, on a test CA's certificates."""
     from tests.certs import make_certs
 
@@ -238,16 +324,27 @@ def start_tls_targets(
         ]
     )
     procs.append(relay)
-    config = json.loads(plain_config.read_text())
-    config["listen"] = [f"127.0.0.1:{sluice_port}"]
-    config["tls"] = {"cert": certs.server.cert, "key": certs.server.key}
     path = work / "sluice-tls.yaml"
-    path.write_text(json.dumps(config))
+    path.write_text(
+        json.dumps(
+            {
+                "tier": "remote",
+                "listen": [f"127.0.0.1:{sluice_port}"],
+                "users": [{"name": "app", "password": "app-pass"}],
+                "upstream": {"servers": [{"name": "db1", "address": f"{db.host}:{db.port}"}]},
+                "tls": {"cert": certs.server.cert, "key": certs.server.key},
+                "log": {"level": "warning"},
+            }
+        )
+    )
     tier = subprocess.Popen([sys.executable, "-m", "proxy.cli", "run", "-c", str(path)], cwd=ROOT)
     procs.append(tier)
     wait_port(relay_port)
     wait_port(sluice_port)
-    return files, {"relay-tls": (relay_port, relay.pid), "sluice-tls": (sluice_port, tier.pid)}
+    return files, {
+        "relay-tls": Target("relay-tls", relay_port, [relay.pid]),
+        "sluice-tls": Target("sluice-tls", sluice_port, [tier.pid]),
+    }
 
 
 def rss_kib(pid: int) -> int:
@@ -257,22 +354,19 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def idle_memory(
-    targets: dict[str, tuple[int, int]], count: int, tls_files: Path | None
-) -> dict[str, float]:
+def idle_memory(targets: dict[str, Target], count: int, tls_files: Path | None) -> dict[str, float]:
     """KiB of the proxy's RSS per idle client connection (PyMySQL, TLS for *-tls)."""
     import pymysql
 
     out: dict[str, float] = {}
-    for name, (port, pid) in targets.items():
-        if name == "direct":
-            continue
+    for name in ("relay", "sluice", "relay-tls", "sluice-tls"):
+        target = targets[name]
         ssl = {"ca": str(tls_files / "cacert.pem")} if name.endswith("-tls") else None
-        before = rss_kib(pid)
+        before = rss_kib(target.pids[0])
         conns = [
             pymysql.connect(
                 host="127.0.0.1",
-                port=port,
+                port=target.port,
                 user="app",
                 password="app-pass",
                 database="app",
@@ -284,56 +378,91 @@ def idle_memory(
         for conn in conns:  # every session has done a round trip: its buffers exist
             conn.ping()
         time.sleep(0.5)
-        out[name] = (rss_kib(pid) - before) / count
+        out[name] = (rss_kib(target.pids[0]) - before) / count
         for conn in conns:
             conn.close()
         time.sleep(0.5)
     return out
 
 
-def report(results: dict, args: argparse.Namespace, memory: dict[str, float]) -> None:
-    summary: dict[str, dict] = {}
+def mean(runs: list[dict[str, float]], key: str) -> float:
+    return sum(r[key] for r in runs) / len(runs)
+
+
+def print_row(row: dict) -> None:
+    runs = row["runs"]
+    print(f"\n{row['row']}  ({row['test']}, CPU/query of the proxy processes; direct: mariadbd)")
     print(
-        f"\nthreads={args.threads} seconds={args.seconds} rounds={args.rounds} "
-        f"(CPU/query of the proxy process; for direct, of mariadbd)"
+        f"  {'target':10} {'QPS':>9} {'vs direct':>9} {'p95 ms':>7} {'CPU µs/q':>9} {'errors':>6}"
     )
-    for test, by_target in results.items():
-
-        def mean(name: str, key: str, by=by_target) -> float:
-            runs = by[name]
-            return sum(r[key] for r in runs) / len(runs)
-
-        print(f"\n{test}")
+    direct = mean(runs["direct"], "qps")
+    for name, r in runs.items():
         print(
-            f"  {'target':8} {'QPS':>9} {'vs direct':>9} {'p95 ms':>7} {'CPU µs/q':>9} "
-            f"{'errors':>6}"
+            f"  {name:10} {mean(r, 'qps'):9.0f} {mean(r, 'qps') / direct:9.2f} "
+            f"{mean(r, 'p95_ms'):7.2f} {mean(r, 'cpu_us_per_query'):9.1f} "
+            f"{sum(x['errors'] for x in r):6d}"
         )
-        for name in by_target:
-            print(
-                f"  {name:8} {mean(name, 'qps'):9.0f} "
-                f"{mean(name, 'qps') / mean('direct', 'qps'):9.2f} "
-                f"{mean(name, 'p95_ms'):7.2f} {mean(name, 'cpu_us_per_query'):9.1f} "
-                f"{sum(r['errors'] for r in by_target[name]):6d}"
-            )
-        ratio = mean("sluice", "cpu_us_per_query") / mean("relay", "cpu_us_per_query")
-        print(f"  sluice CPU per query / relay CPU per query = {ratio:.2f}  (target ≤ 1.30)")
-        summary[test] = {
-            "runs": by_target,
-            "sluice_over_relay_cpu": ratio,
-            "sluice_over_direct_qps": mean("sluice", "qps") / mean("direct", "qps"),
-            "relay_over_direct_qps": mean("relay", "qps") / mean("direct", "qps"),
+    sys.stdout.flush()
+
+
+def ratio(runs: dict, a: str, b: str) -> float:
+    return mean(runs[a], "cpu_us_per_query") / mean(runs[b], "cpu_us_per_query")
+
+
+def report(
+    table: list[dict], funnel: dict, args: argparse.Namespace, memory: dict[str, float]
+) -> None:
+    print(
+        f"\nseconds={args.seconds} rounds={args.rounds} pool={args.pool} per sluice tier "
+        "(the relays open a database connection per client)"
+    )
+    print(
+        "\n| workload | relay CPU/query | sluice 1 tier | ratio | relay x2 | sluice 2 tiers "
+        "| ratio |\n| --- | --- | --- | --- | --- | --- | --- |"
+    )
+    summary = []
+    for row in table:
+        runs = row["runs"]
+        one, two = ratio(runs, "sluice", "relay"), ratio(runs, "sluice x2", "relay x2")
+        print(
+            f"| {row['row']} | {mean(runs['relay'], 'cpu_us_per_query'):.1f} µs "
+            f"| {mean(runs['sluice'], 'cpu_us_per_query'):.1f} µs | {one:.2f}x "
+            f"| {mean(runs['relay x2'], 'cpu_us_per_query'):.1f} µs "
+            f"| {mean(runs['sluice x2'], 'cpu_us_per_query'):.1f} µs | {two:.2f}x |"
+        )
+        entry = {
+            **row,
+            "sluice_over_relay_cpu": one,
+            "sluice2_over_relay2_cpu": two,
+            "sluice_over_relay_qps": mean(runs["sluice"], "qps") / mean(runs["relay"], "qps"),
         }
-        if "sluice-tls" in by_target:
-            tls_cost = mean("sluice-tls", "cpu_us_per_query") / mean("sluice", "cpu_us_per_query")
-            vs_relay = mean("sluice-tls", "cpu_us_per_query") / mean(
-                "relay-tls", "cpu_us_per_query"
+        if "sluice-tls" in runs:
+            entry["sluice_tls_over_sluice_cpu"] = ratio(runs, "sluice-tls", "sluice")
+            entry["sluice_tls_over_relay_tls_cpu"] = ratio(runs, "sluice-tls", "relay-tls")
+        summary.append(entry)
+    worst = max(
+        [max(e["sluice_over_relay_cpu"], e["sluice2_over_relay2_cpu"]) for e in summary] or [0]
+    )
+    print(f"\nworst ratio {worst:.2f} (target ≤ 1.30 on every row)")
+    tls_rows = [e for e in summary if "sluice_tls_over_sluice_cpu" in e]
+    for e in tls_rows:
+        print(
+            f"TLS, {e['row']}: sluice-tls / sluice CPU per query = "
+            f"{e['sluice_tls_over_sluice_cpu']:.2f}; sluice-tls / relay-tls = "
+            f"{e['sluice_tls_over_relay_tls_cpu']:.2f}"
+        )
+    spread = {}
+    if funnel:
+        print("\nfunnel CPU per query by clients (point selects; target: within 10%)")
+        for name, by_clients in funnel.items():
+            cells = {n: mean(runs, "cpu_us_per_query") for n, runs in by_clients.items()}
+            spread[name] = max(cells.values()) / min(cells.values())
+            line = "  ".join(
+                f"{n} clients {cells[n]:.1f} µs ({mean(by_clients[n], 'qps'):.0f} q/s, "
+                f"{sum(r['errors'] for r in by_clients[n])} errors)"
+                for n in cells
             )
-            print(
-                f"  TLS: sluice-tls / sluice CPU per query = {tls_cost:.2f}; "
-                f"sluice-tls / relay-tls = {vs_relay:.2f}"
-            )
-            summary[test]["sluice_tls_over_sluice_cpu"] = tls_cost
-            summary[test]["sluice_tls_over_relay_tls_cpu"] = vs_relay
+            print(f"  {name:10} {line}  max/min {spread[name]:.2f}")
     if memory:
         print("\nmemory per idle client connection (proxy RSS growth):")
         for name, kib in memory.items():
@@ -341,7 +470,16 @@ def report(results: dict, args: argparse.Namespace, memory: dict[str, float]) ->
     out = ROOT / "bench/results/relay_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
-        json.dumps({"args": vars(args), "results": summary, "memory_kib": memory}, indent=2)
+        json.dumps(
+            {
+                "args": vars(args),
+                "table": summary,
+                "funnel": {k: {str(n): r for n, r in v.items()} for k, v in funnel.items()},
+                "funnel_spread": spread,
+                "memory_kib": memory,
+            },
+            indent=2,
+        )
     )
     print(f"\nwrote {out}")
 

@@ -15,7 +15,6 @@ behind it stays buffered (bounded) until the response ends.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import ssl
 import time
@@ -27,7 +26,7 @@ from .backend import ServerConnection, ServerStatement, UpstreamError
 from .health import set_keepalive
 from .login import Login, parse_client_message
 from .logs import Throttled
-from .pool import POOL_KEY_CAPABILITIES, PoolKey, ServerRetired
+from .pool import POOL_KEY_CAPABILITIES, PoolKey, ServerRetired, Waiter
 from .protocol.codec import ProtocolError, read_u32, u32
 from .protocol.constants import Capability, Command, Status
 from .protocol.framing import (
@@ -136,6 +135,28 @@ _STATEMENT_COMMANDS = frozenset(
 _CURSOR_COMMANDS = (Command.STMT_EXECUTE, Command.STMT_FETCH)
 
 
+class QueuedCommand(Waiter):
+    """A session's command waiting in the pool's queue: one per session, reused for every
+    command that waits, so that waiting costs no task, future or timer of its own."""
+
+    __slots__ = ("flags", "mode", "session")
+
+    def __init__(self, session: ClientSession) -> None:
+        super().__init__()
+        self.session = session
+        self.mode = 0
+        self.flags = 0
+
+    def served(self, conn: ServerConnection) -> None:
+        self.session._served(conn)
+
+    def granted(self) -> None:
+        self.session._granted()
+
+    def failed(self, exc: Exception) -> None:
+        self.session._queue_failed(exc)
+
+
 class ClientSession(asyncio.Protocol):
     """One client connection to a tier."""
 
@@ -149,6 +170,7 @@ class ClientSession(asyncio.Protocol):
         "_end_after_reply",
         "_fatal",
         "_gated",
+        "_handed",
         "_hold",
         "_infile",
         "_last_active",
@@ -159,9 +181,11 @@ class ClientSession(asyncio.Protocol):
         "_next_statement",
         "_paused",
         "_previous",
+        "_queued",
         "_reader",
         "_reply_seq",
         "_rerun",
+        "_reserved",
         "_row_count",
         "_step",
         "_task",
@@ -243,6 +267,9 @@ class ClientSession(asyncio.Protocol):
         self._wait_limit = 0.0  # the wait_timeout the client set (0: none): its idle limit
         self._wait_timer: asyncio.TimerHandle | None = None
         self._step = "waiting for the upstream's greeting"  # what the login waits for
+        self._queued: QueuedCommand | None = None  # (created the first time a command waits)
+        self._handed: ServerConnection | None = None  # from the queue, for the slow path
+        self._reserved = False  # the queue granted a slot to open a connection in
 
     @property
     def database(self) -> str | None:
@@ -668,7 +695,7 @@ class ClientSession(asyncio.Protocol):
                 self.tier.upstream.mark_down(name)
                 other = self.tier.upstream.pick(exclude={name})
                 if other is not None and self.pool_key is not None:
-                    self.pool_key = dataclasses.replace(self.pool_key, server=other.name)
+                    self.pool_key = self.pool_key._replace(server=other.name)
             self._run_again()
             return
         # Nothing of this client's session lived only on that connection: report the failed
@@ -776,13 +803,97 @@ class ClientSession(asyncio.Protocol):
                 backend = self.tier.pools.take_idle_exact(self.pool_key, self.session, self.id)
             if backend is not None:
                 self._attach(backend)
-        if backend is None or (
-            flags & NEEDS_INSERT_ID and backend.last_insert_id != self.last_insert_id
-        ):
+        if backend is None:
+            self.state = BUSY
+            if not self._queue(mode, flags):
+                self._spawn(self._acquire_and_run(raw, mode, msg, flags))
+            return
+        if flags & NEEDS_INSERT_ID and backend.last_insert_id != self.last_insert_id:
             self.state = BUSY
             self._spawn(self._acquire_and_run(raw, mode, msg, flags))
             return
         self._run(backend, raw, mode, msg)
+
+    # --- the queued path: waiting for a pooled connection without a task --------------------
+
+    def _queue(self, mode: int, flags: int) -> bool:
+        """Queue the command in flight for a pooled connection when the pool is full and
+        nothing unusual goes on (no failover, its server up); False: take the slow path,
+        which opens, syncs, follows the writer or waits for one."""
+        if mode == NO_RESPONSE:
+            return False
+        tier = self.tier
+        key = self.pool_key
+        assert key is not None
+        if tier.remote:
+            current = tier.upstream.current
+            if current is None or key.server != current.name or tier.failover.buffering:
+                return False
+        elif key.server in tier.upstream.down:
+            return False
+        pools = tier.pools
+        if not pools.must_queue(key):
+            return False
+        queued = self._queued
+        if queued is None:
+            queued = self._queued = QueuedCommand(self)
+        queued.mode = mode
+        queued.flags = flags
+        pools.enqueue(queued, key, None if self.session.schema is not None else _without_schema)
+        return True
+
+    def _served(self, conn: ServerConnection) -> None:
+        """The pool hands over a connection a release freed: run the command on it now if it
+        is in this session's state, else bring it in line on the slow path."""
+        self._handed = conn
+        try:
+            queued = self._queued
+            assert queued is not None
+            tier = self.tier
+            if (
+                conn.state == self.session
+                and (not conn.diagnostics or conn.last_session == self.id)
+                and not (
+                    queued.flags & NEEDS_INSERT_ID and conn.last_insert_id != self.last_insert_id
+                )
+                and not tier.hold_new_work
+                and (
+                    not tier.remote
+                    or conn.pool_key.server == getattr(tier.upstream.current, "name", None)
+                )
+            ):
+                self._handed = None
+                tier.stats.pool_wait.observe(conn.last_used - queued.since)
+                self._attach(conn)
+                self._run(conn, self._last_raw, queued.mode, self._last_msg)
+                return
+            self._spawn(
+                self._acquire_and_run(self._last_raw, queued.mode, self._last_msg, queued.flags)
+            )
+        except Exception as exc:
+            self.crashed(exc)
+
+    def _granted(self) -> None:
+        """The pool reserved a slot for this session: open a connection in it."""
+        queued = self._queued
+        assert queued is not None
+        self._reserved = True
+        self.pool_key = queued.key
+        self._spawn(
+            self._acquire_and_run(self._last_raw, queued.mode, self._last_msg, queued.flags)
+        )
+
+    def _queue_failed(self, exc: Exception) -> None:
+        queued = self._queued
+        assert queued is not None
+        if isinstance(exc, ServerRetired):  # the writer moved while we waited: follow it
+            self._spawn(
+                self._acquire_and_run(self._last_raw, queued.mode, self._last_msg, queued.flags)
+            )
+        elif isinstance(exc, errors.ClientError):
+            self._reply_error(self._reply_seq, exc)
+        else:
+            self.crashed(exc)
 
     def _run(self, backend: ServerConnection, raw: bytes, mode: int, msg: Message | None) -> None:
         if mode == NO_RESPONSE:
@@ -1070,25 +1181,17 @@ class ClientSession(asyncio.Protocol):
         another of its remote tiers (its state replays there like anywhere else)."""
         tier = self.tier
         upstream = tier.upstream
-        remote = tier.config.tier == "remote"
+        remote = tier.remote
         tried: set[str] = set()
+        # A connection (or slot) the queue handed over goes to _acquire_here first: what
+        # follows the wait below checks that it still fits.
+        handed = self._handed is not None or self._reserved
         while True:
             assert self.pool_key is not None
-            if remote and gated and tier.failover.buffering and not self._inside_work():
-                await self._wait_gate()  # no writer for now: new work waits for one
-            if remote and self.pool_key.server != getattr(upstream.current, "name", None):
-                # The writer moved (switchover) or is unknown: follow it, or say why not.
-                if upstream.current is None:
-                    problem = upstream.writer_problem or "no writer is known"
-                    if gated and tier.failover.writer_lost(problem):
-                        continue
-                    raise errors.no_writer(problem)
-                self.pool_key = dataclasses.replace(self.pool_key, server=upstream.current.name)
-            elif not remote and tier.server_is_down(self.pool_key.server):
-                # A remote tier stopped answering: this session moves to another.
-                other = upstream.pick(exclude={self.pool_key.server, *tried})
-                if other is not None:
-                    self.pool_key = dataclasses.replace(self.pool_key, server=other.name)
+            if handed:
+                handed = False  # (it was checked when it was handed over)
+            elif await self._choose_server(gated, tried):
+                continue
             try:
                 conn = await self._acquire_here(wait)
             except ServerRetired:
@@ -1102,7 +1205,7 @@ class ClientSession(asyncio.Protocol):
                 other = upstream.pick(exclude=tried)
                 if other is None:
                     raise
-                self.pool_key = dataclasses.replace(self.pool_key, server=other.name)
+                self.pool_key = self.pool_key._replace(server=other.name)
                 continue
             except (UpstreamError, errors.ClientError) as exc:
                 if self._unverified and refused_login(exc):
@@ -1123,15 +1226,46 @@ class ClientSession(asyncio.Protocol):
             self.tier.pools.release(conn)
             await self._wait_gate()
 
+    async def _choose_server(self, gated: bool, tried: set[str]) -> bool:
+        """Before acquiring: wait while there is no writer, follow a moved writer, or leave
+        a remote tier found down. True: look again (a writer was found meanwhile)."""
+        tier = self.tier
+        upstream = tier.upstream
+        assert self.pool_key is not None
+        if tier.remote and gated and tier.failover.buffering and not self._inside_work():
+            await self._wait_gate()  # no writer for now: new work waits for one
+        if tier.remote and self.pool_key.server != getattr(upstream.current, "name", None):
+            # The writer moved (switchover) or is unknown: follow it, or say why not.
+            if upstream.current is None:
+                problem = upstream.writer_problem or "no writer is known"
+                if gated and tier.failover.writer_lost(problem):
+                    return True
+                raise errors.no_writer(problem)
+            self.pool_key = self.pool_key._replace(server=upstream.current.name)
+        elif not tier.remote and tier.server_is_down(self.pool_key.server):
+            # A remote tier stopped answering: this session moves to another.
+            other = upstream.pick(exclude={self.pool_key.server, *tried})
+            if other is not None:
+                self.pool_key = self.pool_key._replace(server=other.name)
+        return False
+
     async def _acquire_here(self, wait: bool = True) -> ServerConnection | None:
         pools = self.tier.pools
         assert self.pool_key is not None
         for _ in range(3):
             began = _monotonic()
-            usable = None if self.session.schema is not None else _without_schema
-            conn = await pools.acquire(self.pool_key, self._open, self._matches, usable, wait=wait)
-            if conn is None:
-                return None
+            conn = self._handed
+            if conn is not None:  # from the queue (see _served)
+                self._handed = None
+                began = self._began
+            else:
+                usable = None if self.session.schema is not None else _without_schema
+                reserved, self._reserved = self._reserved, False
+                conn = await pools.acquire(
+                    self.pool_key, self._open, self._matches, usable, wait=wait, reserved=reserved
+                )
+                if conn is None:
+                    return None
             self.tier.stats.pool_wait.observe(_monotonic() - began)
             try:
                 if await self._sync(conn):
@@ -1633,6 +1767,15 @@ class ClientSession(asyncio.Protocol):
             self._wait_timer.cancel()
         busy = self.state in (BUSY, INFILE)
         self.state = CLOSED
+        queued = self._queued
+        if queued is not None and not queued.done:
+            queued.done = True  # dropped when the queue reaches it
+        handed, self._handed = self._handed, None
+        if handed is not None:  # the slow path never took it
+            self.tier.pools.release(handed)
+        if self._reserved and queued is not None:
+            self._reserved = False
+            self.tier.pools.unreserve(queued.key)
         backend = self.backend
         self.backend = None
         if backend is not None:

@@ -10,6 +10,13 @@ directly when the waiter wants the same pool, otherwise the connection is closed
 waiter can open one of its own. An idle connection of another pool is likewise closed to make
 room when the cap is reached and nothing is idle in the wanted pool.
 
+Waiting is callbacks, not futures: under a funnel (hundreds of clients on a few dozen
+connections) most commands wait, so a waiter is an object the pool calls (`served`,
+`granted`, `failed`) from the release that frees a connection. A client session queues its
+own reusable waiter (no task, future or timer per command); the coroutine paths wrap a future
+in one. A waiter that gives up is marked done and dropped when the queue reaches it, and one
+timer per server, armed for the oldest waiter's deadline, enforces `pool.acquire_timeout`.
+
 A user may have a share of each server's cap (`users[].max_connections`): a user at its share
 opens nothing more, and its waiters step aside ("parked") so that the users behind them are
 served; a connection that user gives back still goes to its own oldest waiter.
@@ -19,12 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import errors
 from .logs import Throttled
@@ -60,8 +65,10 @@ HEALTH_CHECK_AFTER = 10.0
 """A connection idle longer than this is pinged before it is handed out."""
 
 
-@dataclass(frozen=True, slots=True)
-class PoolKey:
+class PoolKey(NamedTuple):
+    """What makes pooled connections interchangeable (a tuple: hashed and compared in C, as
+    it is on every command)."""
+
     server: str
     user: str
     capabilities: int
@@ -77,17 +84,58 @@ class ServerRetired(Exception):
 
 
 class Waiter:
-    __slots__ = ("future", "key", "since", "usable")
+    """Queued for a connection of `key`. The pool calls exactly one of `served` (here is a
+    connection, counted active), `granted` (a slot is reserved for you: take an idle
+    connection or open one, see acquire(reserved=True)) or `failed`, and sets `done` first.
+    A waiter that stops waiting sets `done` itself and is dropped when the queue reaches it."""
 
-    def __init__(
-        self, key: PoolKey, usable: Callable[[ServerConnection], bool] | None = None
-    ) -> None:
-        self.key = key
-        self.usable = usable
+    __slots__ = ("done", "key", "since", "usable")
+
+    def __init__(self) -> None:
+        self.done = True
+        self.key: PoolKey = None  # type: ignore[assignment]
+        self.usable: Callable[[ServerConnection], bool] | None = None
+        self.since = 0.0
+
+    def served(self, conn: ServerConnection) -> None:
+        raise NotImplementedError
+
+    def granted(self) -> None:
+        raise NotImplementedError
+
+    def failed(self, exc: Exception) -> None:
+        raise NotImplementedError
+
+
+class FutureWaiter(Waiter):
+    """A waiter for coroutines (logins, KILL, prepares): a future to await. It is done as
+    soon as its future is (a cancelled task cancels the future it awaits at once)."""
+
+    __slots__ = ("_done", "future")
+
+    def __init__(self) -> None:
         self.future: asyncio.Future[ServerConnection | None] = (
             asyncio.get_running_loop().create_future()
         )
-        self.since = time.monotonic()
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def done(self) -> bool:
+        return self._done or self.future.done()
+
+    @done.setter
+    def done(self, value: bool) -> None:
+        self._done = value
+
+    def served(self, conn: ServerConnection) -> None:
+        self.future.set_result(conn)
+
+    def granted(self) -> None:
+        self.future.set_result(None)
+
+    def failed(self, exc: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
 
 
 class Pool:
@@ -113,6 +161,8 @@ class ServerSlots:
         "_tokens_at",
         "by_user",
         "config",
+        "expiry",
+        "expiry_at",
         "limit",
         "open",
         "opening",
@@ -132,6 +182,8 @@ class ServerSlots:
         self.shares = shares  # user -> its share of the cap (users without one: the whole cap)
         self.by_user: dict[str, int] = {}  # connections open or opening, per user
         self.parked: dict[str, collections.deque[Waiter]] = {}  # waiters of users at share
+        self.expiry: asyncio.TimerHandle | None = None  # for the oldest waiter's deadline
+        self.expiry_at = 0.0
         self._tokens = 1.0
         self._tokens_at = time.monotonic()
 
@@ -162,22 +214,43 @@ class ServerSlots:
     def park(self, waiter: Waiter) -> None:
         self.parked.setdefault(waiter.key.user, collections.deque()).append(waiter)
 
-    def forget(self, waiter: Waiter) -> None:
-        with contextlib.suppress(ValueError):
-            self.waiters.remove(waiter)
-        parked = self.parked.get(waiter.key.user)
-        if parked is not None:
-            with contextlib.suppress(ValueError):
-                parked.remove(waiter)
-            if not parked:
-                del self.parked[waiter.key.user]
-
     def all_waiters(self) -> list[Waiter]:
         """Everyone still waiting, queued or parked (for SHOW POOLS and /status)."""
-        out = [w for w in self.waiters if not w.future.done()]
+        out = [w for w in self.waiters if not w.done]
         for parked in self.parked.values():
-            out += (w for w in parked if not w.future.done())
+            out += (w for w in parked if not w.done)
         return out
+
+    def take_expired(self, deadline_since: float) -> list[Waiter]:
+        """Drop waiters that gave up and take out those queued at or before
+        `deadline_since` (their acquire_timeout is over); the oldest remaining `since`
+        is left in `expiry_at` (0: nobody waits)."""
+        expired: list[Waiter] = []
+        oldest = 0.0
+
+        def sweep(queue: collections.deque[Waiter]) -> collections.deque[Waiter]:
+            nonlocal oldest
+            kept: collections.deque[Waiter] = collections.deque()
+            for waiter in queue:
+                if waiter.done:
+                    continue
+                if waiter.since <= deadline_since:
+                    expired.append(waiter)
+                    continue
+                kept.append(waiter)
+                if not oldest or waiter.since < oldest:
+                    oldest = waiter.since
+            return kept
+
+        self.waiters = sweep(self.waiters)
+        for user in list(self.parked):
+            kept = sweep(self.parked[user])
+            if kept:
+                self.parked[user] = kept
+            else:
+                del self.parked[user]
+        self.expiry_at = oldest
+        return expired
 
     def connect_delay(self, rate: float) -> float:
         """Seconds to wait before the next connect so that connects stay under `rate`/s."""
@@ -303,28 +376,29 @@ class PoolManager:
         usable: Callable[[ServerConnection], bool] | None = None,
         *,
         wait: bool = True,
+        reserved: bool = False,
     ) -> ServerConnection | None:
         """A connection of `key`: idle, newly opened under the cap, or handed over in turn.
 
         `usable` excludes idle connections this client cannot be brought in line with (a
         client without a default database cannot use one that has a schema selected).
         Without `wait`, None instead of queueing (a login checks on a free connection or
-        not at all)."""
+        not at all). With `reserved`, the caller holds a slot a waiter was `granted`."""
         pool = self.pool(key)
         pool.opener = opener
         slots = self.servers[key.server]
         if slots.retired:
+            if reserved:
+                self.unreserve(key)
             raise ServerRetired(key.server)
-        reserved = False  # a waiter woken for a freed slot holds it (counted in `opening`)
+        # A waiter woken for a freed slot holds it (counted in `opening`).
         while True:
             if reserved or self._first_waiter(slots) is None:
                 conn = self.take_idle(key, prefer, usable)
                 if conn is not None:
                     if reserved:
                         reserved = False
-                        slots.opening -= 1
-                        slots.unclaim(key.user)
-                        self._wake_next(slots)
+                        self.unreserve(key)
                     if await self._healthy(conn):
                         return conn
                     self._lost_active(conn)
@@ -393,70 +467,132 @@ class PoolManager:
         pool: Pool,
         usable: Callable[[ServerConnection], bool] | None = None,
     ) -> ServerConnection | None:
-        """Queue for this server; returns a handed-over connection, or None for a reserved slot.
-
-        One future and one timer per waiter (no wait_for/shield wrappers: under a queue of
-        hundreds of clients this is the path most commands take)."""
-        waiter = Waiter(key, usable)
-        if slots.has_room(key.user):
-            slots.waiters.append(waiter)
-        else:
-            slots.park(waiter)  # at its share: only its own connections can serve it
-        pool.waited += 1
-        timeout = self.config.acquire_timeout
-        timer = asyncio.get_running_loop().call_later(timeout, self._expire, waiter, slots, timeout)
+        """Queue for this server; returns a handed-over connection, or None for a reserved slot."""
+        waiter = FutureWaiter()
+        self.enqueue(waiter, key, usable)
         try:
             return await waiter.future
         except asyncio.CancelledError:  # the client went away while waiting
             future = waiter.future
-            if future.done() and not future.cancelled() and future.exception() is None:
+            if not waiter.done:
+                waiter.done = True  # dropped when the queue reaches it
+            elif future.done() and not future.cancelled() and future.exception() is None:
                 got = future.result()
                 if got is None:
-                    slots.opening -= 1  # give back the slot reserved for us
-                    slots.unclaim(key.user)
-                    self._wake_next(slots)
+                    self.unreserve(key)  # give back the slot reserved for us
                 else:
                     self.release(got)
             raise
-        finally:
-            timer.cancel()
-            pool.max_wait = max(pool.max_wait, time.monotonic() - waiter.since)
-            slots.forget(waiter)
 
-    @staticmethod
-    def _expire(waiter: Waiter, slots: ServerSlots, timeout: float) -> None:
-        if waiter.future.done():
-            return  # served just in time
-        key = waiter.key
+    def must_queue(self, key: PoolKey) -> bool:
+        """Whether a client that found nothing idle in its state must queue: True when
+        acquire() would wait (others wait ahead, or the cap and the client's share are
+        used up with nothing to close for room); False when it would take an idle
+        connection or open one now."""
+        slots = self.servers[key.server]
+        if slots.retired:
+            return False  # (acquire() says why)
+        if self._first_waiter(slots) is not None:
+            return True
+        pool = self.pools.get(key)
+        if pool is not None and pool.idle:
+            return False  # take one (or close one this client cannot use, for room)
+        if not slots.has_room(key.user):
+            return True
+        if slots.used < slots.limit:
+            return False
+        return not any(
+            p.idle and p.key.server == key.server for p in self.pools.values()
+        )  # else the least recently used idle connection of another pool makes room
+
+    def enqueue(
+        self,
+        waiter: Waiter,
+        key: PoolKey,
+        usable: Callable[[ServerConnection], bool] | None = None,
+    ) -> None:
+        """Queue `waiter` for a connection of `key` (FIFO per server)."""
+        slots = self.servers[key.server]
+        waiter.key = key
+        waiter.usable = usable
+        waiter.done = False
+        waiter.since = now = time.monotonic()
+        if slots.has_room(key.user):
+            slots.waiters.append(waiter)
+        else:
+            slots.park(waiter)  # at its share: only its own connections can serve it
+        self.pool(key).waited += 1
+        deadline = now + self.config.acquire_timeout
+        if slots.expiry is None or slots.expiry_at + self.config.acquire_timeout > deadline:
+            self._arm_expiry(slots, now)
+
+    def _arm_expiry(self, slots: ServerSlots, oldest: float) -> None:
+        if slots.expiry is not None:
+            slots.expiry.cancel()
+        slots.expiry_at = oldest
+        slots.expiry = asyncio.get_running_loop().call_at(
+            oldest + self.config.acquire_timeout, self._expire_due, slots
+        )
+
+    def _expire_due(self, slots: ServerSlots) -> None:
+        """The oldest waiter's deadline: fail everyone whose acquire_timeout is over."""
+        slots.expiry = None
+        timeout = self.config.acquire_timeout
+        now = time.monotonic()
+        expired = slots.take_expired(now - timeout)
+        if slots.expiry_at:
+            self._arm_expiry(slots, slots.expiry_at)
+        if not expired:
+            return
+        waiting = len(slots.all_waiters())
         exhausted.log(
             logging.WARNING,
-            key.server,
-            "pool exhausted: a client waited %gs for a connection to %s (all %d in use, %d "
-            "waiting)",
+            slots.config.name,
+            "pool exhausted: %d clients waited %gs for a connection to %s (all %d in use, %d "
+            "still waiting)",
+            len(expired),
             timeout,
-            key.server,
+            slots.config.name,
             slots.limit,
-            len(slots.all_waiters()),
+            waiting,
         )
-        share = slots.shares.get(key.user)
-        if share is not None and not slots.has_room(key.user):
-            why = (
-                f"user '{key.user}' has all {share} connections of its share "
-                "(users[].max_connections) in use"
+        for waiter in expired:  # (after the sweep: a failed waiter may queue again)
+            key = waiter.key
+            share = slots.shares.get(key.user)
+            if share is not None and not slots.has_room(key.user):
+                why = (
+                    f"user '{key.user}' has all {share} connections of its share "
+                    "(users[].max_connections) in use"
+                )
+            else:
+                why = (
+                    f"all {slots.limit} allowed connections are busy and "
+                    f"{waiting + len(expired) - 1} other clients are waiting"
+                )
+            if waiter.done:
+                continue  # gave up meanwhile (a session the failures before it closed)
+            self._done_waiting(waiter, now)
+            waiter.failed(
+                AcquireTimeout(
+                    errors.ErrorCode.CON_COUNT_ERROR,
+                    f"no upstream connection to '{key.server}' for user '{key.user}' within "
+                    f"{timeout:g}s: {why}; retry, shorten transactions, or raise "
+                    "pool.max_connections if the database allows",
+                )
             )
-        else:
-            why = (
-                f"all {slots.limit} allowed connections are busy and "
-                f"{len(slots.all_waiters()) - 1} other clients are waiting"
-            )
-        waiter.future.set_exception(
-            AcquireTimeout(
-                errors.ErrorCode.CON_COUNT_ERROR,
-                f"no upstream connection to '{key.server}' for user '{key.user}' within "
-                f"{timeout:g}s: {why}; retry, shorten transactions, or raise "
-                "pool.max_connections if the database allows",
-            )
-        )
+
+    def _done_waiting(self, waiter: Waiter, now: float) -> None:
+        waiter.done = True
+        pool = self.pools.get(waiter.key)
+        if pool is not None and now - waiter.since > pool.max_wait:
+            pool.max_wait = now - waiter.since
+
+    def unreserve(self, key: PoolKey) -> None:
+        """Give back a slot a waiter was granted and did not use."""
+        slots = self.servers[key.server]
+        slots.opening -= 1
+        slots.unclaim(key.user)
+        self._wake_next(slots)
 
     # --- releasing ----------------------------------------------------------------------------
 
@@ -480,7 +616,10 @@ class PoolManager:
         if waiter is not None:
             if waiter.key == key and (waiter.usable is None or waiter.usable(conn)):
                 pool.active += 1
-                waiter.future.set_result(conn)
+                waiter.done = True
+                if conn.last_used - waiter.since > pool.max_wait:
+                    pool.max_wait = conn.last_used - waiter.since
+                waiter.served(conn)
                 return
             # The next in line needs another pool (or a connection without a schema): make
             # room for it.
@@ -529,7 +668,7 @@ class PoolManager:
         waiters = slots.waiters
         while waiters:
             waiter = waiters[0]
-            if waiter.future.done():
+            if waiter.done:
                 waiters.popleft()
             elif waiter.key != key and not slots.has_room(waiter.key.user):
                 slots.park(waiters.popleft())
@@ -542,7 +681,7 @@ class PoolManager:
         parked = slots.parked.get(key.user)
         while parked:
             waiter = parked[0]
-            if not waiter.future.done():
+            if not waiter.done:
                 return waiter if waiter.key == key else None
             parked.popleft()
         return None
@@ -556,7 +695,8 @@ class PoolManager:
             slots.waiters.popleft()
             slots.opening += 1  # reserved for this waiter
             slots.claim(waiter.key.user)
-            waiter.future.set_result(None)
+            self._done_waiting(waiter, time.monotonic())
+            waiter.granted()
 
     def _evict_idle(self, slots: ServerSlots, not_key: PoolKey) -> bool:
         """Close the least recently used idle connection of another pool of this server."""
@@ -656,10 +796,13 @@ class PoolManager:
         ones when they are released."""
         slots = self.servers[server]
         slots.retired = True
-        for waiter in slots.all_waiters():  # queued for the old writer: re-queue for the new
-            waiter.future.set_exception(ServerRetired(server))
+        waiters = slots.all_waiters()
         slots.waiters.clear()
         slots.parked.clear()
+        now = time.monotonic()
+        for waiter in waiters:  # queued for the old writer: re-queue for the new
+            self._done_waiting(waiter, now)
+            waiter.failed(ServerRetired(server))
         for pool in self.pools.values():
             if pool.key.server == server:
                 for conn in pool.idle:

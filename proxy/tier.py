@@ -57,6 +57,7 @@ class Tier:
 
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
+        self.remote = config.tier == "remote"  # (a reload cannot change it)
         self.config_path = config_path  # what the admin RELOAD command re-reads, if known
         self.users = UserDirectory(config.users)
         self.upstream = Upstream(config)
