@@ -10,6 +10,7 @@ plain byte relay does not do.
 
     .venv/bin/python bench/hot_path.py [--sessions 8,512,4096] [--connections 24]
     valgrind --tool=callgrind .venv/bin/python bench/hot_path.py --commands 20000 --once
+    .venv/bin/python bench/hot_path.py --tier local   # a local tier (its upstream a remote tier)
 
 Prints µs per command for each session count (best of --repeat runs). Under callgrind
 (`--once`: one run per session count, no warm-up) the instruction count per command is the
@@ -88,10 +89,10 @@ class Transport:
 busy: collections.deque[ServerConnection] = collections.deque()
 
 
-def build(sessions: int, connections: int) -> tuple[Tier, list[ClientSession]]:
+def build(sessions: int, connections: int, role: str) -> tuple[Tier, list[ClientSession]]:
     config = parse_config(
         {
-            "tier": "remote",
+            "tier": role,
             "listen": ["127.0.0.1:0"],
             "users": [{"name": "app", "password": "app-pass"}],
             "upstream": {"servers": [{"name": "db1", "address": "127.0.0.1:3306"}]},
@@ -154,12 +155,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", default="8,512,4096")
     parser.add_argument("--connections", type=int, default=24)
+    parser.add_argument("--tier", choices=("remote", "local"), default="remote")
     parser.add_argument("--commands", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--once", action="store_true", help="one run each (for callgrind)")
     args = parser.parse_args()
     for count in (int(n) for n in args.sessions.split(",")):
-        _tier, sessions = build(count, args.connections)
+        _tier, sessions = build(count, args.connections, args.tier)
         commands = max(args.commands, count)
         if args.once:
             best = await run(sessions, commands)

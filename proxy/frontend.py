@@ -49,6 +49,8 @@ from .session_state import (
     PIN_SET_OPTION,
     PIN_UNTRACKED,
     SET_HEADS,
+    SET_THIRDS,
+    TRACKING_SETUP,
     SessionState,
     charset_set_key,
     charset_set_ok,
@@ -132,6 +134,7 @@ _STATEMENT_COMMANDS = frozenset(
         Command.STMT_BULK_EXECUTE,
     )
 )
+_TRACKING_SETUP = TRACKING_SETUP.encode()
 _CURSOR_COMMANDS = (Command.STMT_EXECUTE, Command.STMT_FETCH)
 
 
@@ -776,7 +779,12 @@ class ClientSession(asyncio.Protocol):
                     return
                 if flags & HOLD_NEXT:
                     self._hold = 2  # this statement and the transaction it sets up
-            elif sql and sql[0] in SET_HEADS and self._charset_set(sql):
+            elif (
+                len(sql) > 10
+                and sql[0] in SET_HEADS
+                and sql[2] in SET_THIRDS
+                and (self._charset_set(sql) or self._tracking_setup(sql))
+            ):
                 return
         elif command in _STATEMENT_COMMANDS:
             self._statement_command(raw, command, mode, msg)
@@ -1346,6 +1354,20 @@ class ClientSession(asyncio.Protocol):
         self._idle_from(now)
         tracking = bool(self.capabilities & Capability.SESSION_TRACK)
         self._reply(frame(self._reply_seq, charset_set_ok(effect, self.session, tracking)))
+        return True
+
+    def _tracking_setup(self, sql: bytes) -> bool:
+        """A local tier's new pooled connection asks for session tracking: a remote tier's
+        own connections always report every change, so it is acknowledged here, without
+        taking a connection of the pool."""
+        if not self.tier.remote or self.backend is not None or sql != _TRACKING_SETUP:
+            return False
+        self._row_count = 0
+        self._previous = None
+        now = _monotonic()
+        self.tier.stats.statement(Command.QUERY, now - self._began, False, 0)
+        self._idle_from(now)
+        self._reply(frame(self._reply_seq, ok_payload(idle_status(self.session))))
         return True
 
     def _answer_diagnostics(self, sql: bytes) -> bool:

@@ -298,8 +298,10 @@ class PoolManager:
     ) -> ServerConnection | None:
         """The hot path: an idle connection already in `state` that needs no health check.
 
-        Among those, the one this session used last comes first (its ROW_COUNT(), warnings
-        and the like are the session's own), then the most recently used (warm)."""
+        The most recently used (warm) comes first, unless it carries another session's
+        warnings or errors (acquire() cleans those). No scan past the first that fits: a
+        statement that reads what the previous one left asks for that connection itself
+        (take_specific)."""
         pool = self.pools.get(key)  # type: ignore[arg-type]
         if pool is None:
             return None
@@ -312,11 +314,9 @@ class PoolManager:
                 break  # older ones are staler still: acquire() health-checks them
             if conn.state != state or conn.closed:
                 continue
-            if conn.last_session == session_id:
+            if not conn.diagnostics or conn.last_session == session_id:
                 found = i
                 break
-            if found < 0 and not conn.diagnostics:  # others' warnings: acquire() cleans it
-                found = i
         if found < 0:
             return None
         conn = idle.pop(found)
@@ -492,7 +492,7 @@ class PoolManager:
         slots = self.servers[key.server]
         if slots.retired:
             return False  # (acquire() says why)
-        if self._first_waiter(slots) is not None:
+        if slots.waiters and self._first_waiter(slots) is not None:
             return True
         pool = self.pools.get(key)
         if pool is not None and pool.idle:
@@ -601,7 +601,7 @@ class PoolManager:
         key = conn.pool_key
         pool = self.pools[key]
         pool.active -= 1
-        conn.last_used = time.monotonic()
+        conn.last_used = now = time.monotonic()
         if conn.closed:
             self._closed(conn)
             return
@@ -609,23 +609,24 @@ class PoolManager:
         if slots.open > slots.limit or slots.retired:  # a lowered cap, or a switchover
             self._close(conn)
             return
-        waiter = self._first_waiter(slots, key)
-        own = self._first_parked(slots, key)  # its user is at share: it waits for this one
-        if own is not None and (waiter is None or own.since <= waiter.since):
-            waiter = own
-        if waiter is not None:
-            if waiter.key == key and (waiter.usable is None or waiter.usable(conn)):
-                pool.active += 1
-                waiter.done = True
-                if conn.last_used - waiter.since > pool.max_wait:
-                    pool.max_wait = conn.last_used - waiter.since
-                waiter.served(conn)
+        if slots.waiters or slots.parked:
+            waiter = self._first_waiter(slots, key)
+            own = self._first_parked(slots, key)  # its user is at share: it waits for this
+            if own is not None and (waiter is None or own.since <= waiter.since):
+                waiter = own
+            if waiter is not None:
+                if waiter.key == key and (waiter.usable is None or waiter.usable(conn)):
+                    pool.active += 1
+                    waiter.done = True
+                    if now - waiter.since > pool.max_wait:
+                        pool.max_wait = now - waiter.since
+                    waiter.served(conn)
+                    return
+                # The next in line needs another pool (or a connection without a schema):
+                # make room for it.
+                self._close(conn)
                 return
-            # The next in line needs another pool (or a connection without a schema): make
-            # room for it.
-            self._close(conn)
-            return
-        if time.monotonic() - conn.opened_at > self.config.max_lifetime > 0:
+        if now - conn.opened_at > self.config.max_lifetime > 0:
             self._close(conn)
             return
         pool.idle.append(conn)

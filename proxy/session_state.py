@@ -21,7 +21,9 @@ TRACKING_SETUP = (
     "SET SESSION session_track_system_variables='*', session_track_schema=ON, "
     "session_track_state_change=ON"
 )
-"""Run on every new pooled connection: report every change of session state in OK packets."""
+"""Run on every new pooled connection: report every change of session state in OK packets.
+A remote tier acknowledges it itself (its own connections always report), so a local tier's
+new connection costs the remote tier no pooled connection."""
 
 IGNORED_VARIABLES = frozenset(
     (
@@ -251,8 +253,9 @@ _CHARSET_SET = re.compile(
     re.IGNORECASE,
 )
 SET_HEADS = frozenset(b"Ss")
-"""First bytes of a statement `charset_set_key` may accept (an int test on the hot path, no
-slice)."""
+SET_THIRDS = frozenset(b"Tt")
+"""First and third bytes of a statement `charset_set_key` may accept: int tests on the hot
+path, no slice, and a SELECT goes no further."""
 _NO_BACKSLASH_ESCAPES = int(Status.NO_BACKSLASH_ESCAPES)
 _STATE_CHANGED_FLAG = int(Status.SESSION_STATE_CHANGED)
 _AUTOCOMMIT = int(Status.AUTOCOMMIT)

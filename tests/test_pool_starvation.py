@@ -14,6 +14,7 @@ from proxy import sandbox as sandbox_mod
 from proxy.admin import views
 from proxy.config import parse_config
 from proxy.protocol.constants import Capability
+from proxy.session_state import TRACKING_SETUP
 
 from .harness import TierThread, scalar, tier_config
 from .rawclient import RawClient
@@ -21,6 +22,7 @@ from .rawclient import RawClient
 POOL = 4
 SECOND_USER = "app2"
 TRACK = int(Capability.SESSION_TRACK)
+TRACKING_SETUP_COMMAND = b"\x03" + TRACKING_SETUP.encode()
 
 
 @pytest.fixture(scope="module")
@@ -289,4 +291,39 @@ def test_set_names_is_answered_without_a_connection_exactly_as_relayed(sandbox, 
         holder.close()
     finally:
         local.stop()
+        remote.stop()
+
+
+def test_a_remote_tier_acknowledges_session_tracking_setup_without_a_connection(
+    sandbox, second_user
+):
+    """A local tier's every new pooled connection asks its remote tier for session tracking;
+    the remote tier's own connections always report every change, so it answers at once,
+    even with its pool taken, and the state changes after it are still reported."""
+    remote = TierThread(
+        tier_config(
+            sandbox,
+            users=users(sandbox),
+            pool={"max_connections": 1, "acquire_timeout": "20s"},
+        )
+    ).start()
+    password = sandbox.users["app"].password
+    address = ("127.0.0.1", remote.port)
+    try:
+        holder = connect(remote, sandbox)
+        holder.begin()
+        scalar(holder, "SELECT 1")  # the only pooled connection is taken
+        client = RawClient.connect(address, "app", password, "app", extra_capabilities=TRACK)
+        client.sock.settimeout(2)  # answered at once, not after the pool frees up
+        client.command(TRACKING_SETUP_COMMAND)
+        assert client.read_payload()[0] == 0x00  # OK
+        holder.commit()
+        client.sock.settimeout(30)
+        assert client.query_one("SELECT @@session_track_schema").values == [("1",)]
+        client.command(b"\x03SET SESSION sql_mode='ANSI'")
+        ok = client.read_payload()
+        assert ok[0] == 0x00 and b"sql_mode" in ok  # the change is reported
+        client.close()
+        holder.close()
+    finally:
         remote.stop()
