@@ -77,9 +77,18 @@ def wait_port(port: int, timeout: float = 15) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+RELAY_SCALING_MAX = 512
+"""The funnel's relay row stops here: beyond, the database would need thousands of connections."""
+
+
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds: sluice's Python is user time, the sockets' work system."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+    return int(fields[11]) / TICK, int(fields[12]) / TICK  # utime, stime
 
 
 def sysbench(
@@ -153,6 +162,9 @@ class Target:
     def cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.pids)
 
+    def user_cpu(self) -> float:
+        return sum(cpu_split(pid)[0] for pid in self.pids)
+
 
 def spawn_relay(procs: list[subprocess.Popen], host: str, port: int) -> tuple[int, int]:
     listen = free_port()
@@ -220,12 +232,13 @@ def measure(
     extra = ["--db-ps-mode=auto" if ps else "--db-ps-mode=disable"]
     if tls_files is not None:
         extra.append("--mysql-ssl=on")
-    before = target.cpu()
+    before, user_before = target.cpu(), target.user_cpu()
     out = sysbench(
         binary, test, target.port, args, threads=threads, extra=tuple(extra), cwd=tls_files
     )
     r = parse(out)
     r["cpu_us_per_query"] = (target.cpu() - before) / r["queries"] * 1e6
+    r["user_us_per_query"] = (target.user_cpu() - user_before) / r["queries"] * 1e6
     return r
 
 
@@ -236,7 +249,7 @@ def main() -> int:
     parser.add_argument("--table-size", type=int, default=10000)
     parser.add_argument("--pool", type=int, default=24, help="each sluice tier's pool")
     parser.add_argument(
-        "--rows", default="", help="comma-separated row numbers (1-5) to run; default all"
+        "--rows", default="", help="comma-separated row numbers (1-5) to run (0: none); default all"
     )
     parser.add_argument(
         "--scaling", default=",".join(map(str, SCALING)), help="funnel clients ('' for none)"
@@ -245,12 +258,13 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=300, help="idle connections for memory")
     args = parser.parse_args()
     binary = ensure_sysbench()
-    rows = [ROWS[int(i) - 1] for i in args.rows.split(",")] if args.rows else list(ROWS)
+    rows = [ROWS[int(i) - 1] for i in args.rows.split(",") if i != "0"] if args.rows else list(ROWS)
     scaling = [int(n) for n in args.scaling.split(",") if n]
     work = Path(tempfile.mkdtemp(prefix="sluice-bench-", dir="/tmp"))
     procs: list[subprocess.Popen] = []
     # Direct and relay runs open a database connection per client (closing ones linger).
-    widest = max([threads for _, _, threads, _ in rows] + [16])
+    relay_scaling = [n for n in scaling if n <= RELAY_SCALING_MAX]
+    widest = max([threads for _, _, threads, _ in rows] + relay_scaling + [16])
     limit = max(2 * widest + 200, args.idle + 100 if args.tls else 0)
     sb = sandbox.up(work / "db", replicas=0, max_connections=limit)
     try:
@@ -280,10 +294,12 @@ def main() -> int:
         if scaling:
             if "oltp_point_select" not in prepared:
                 sysbench(binary, "oltp_point_select", db.port, args, threads=8, action="prepare")
-            for name in ("sluice", "sluice x2"):
-                funnel[name] = {n: [] for n in scaling}
+            # The relay opens a database connection per client: up to RELAY_SCALING_MAX.
+            for name in ("relay", "sluice", "sluice x2"):
+                counts = relay_scaling if name == "relay" else scaling
+                funnel[name] = {n: [] for n in counts}
                 for _ in range(args.rounds):
-                    for n in scaling:
+                    for n in counts:
                         funnel[name][n].append(
                             measure(binary, targets[name], "oltp_point_select", n, False, args)
                         )
@@ -458,7 +474,9 @@ def report(
             cells = {n: mean(runs, "cpu_us_per_query") for n, runs in by_clients.items()}
             spread[name] = max(cells.values()) / min(cells.values())
             line = "  ".join(
-                f"{n} clients {cells[n]:.1f} µs ({mean(by_clients[n], 'qps'):.0f} q/s, "
+                f"{n} clients {cells[n]:.1f} µs "
+                f"(user {mean(by_clients[n], 'user_us_per_query'):.1f}, "
+                f"{mean(by_clients[n], 'qps'):.0f} q/s, "
                 f"{sum(r['errors'] for r in by_clients[n])} errors)"
                 for n in cells
             )

@@ -1052,10 +1052,43 @@ def parse_config(
         raise ConfigError(error.path, error.problem, source) from None
 
 
+SECRET_KEYS = ("password", "password_hash", "token")
+"""Keys whose value may instead be read from a file: `password_file: /run/secrets/app`
+(how Kubernetes and Docker hand out secrets: mounted files, re-read on every reload)."""
+
+
+def _secret_files(data: object, path: str = "") -> object:
+    """`data` with every `<secret>_file: PATH` replaced by `<secret>: <the file's text>`
+    (one trailing newline dropped: `echo pw > file` writes one)."""
+    if isinstance(data, list):
+        return [_secret_files(item, f"{path}[{i}]") for i, item in enumerate(data)]
+    if not isinstance(data, dict):
+        return data
+    out: dict[object, object] = {}
+    for key, value in data.items():
+        stem = key[: -len("_file")] if isinstance(key, str) and key.endswith("_file") else None
+        if stem not in SECRET_KEYS:
+            out[key] = _secret_files(value, _at(path, str(key)))
+            continue
+        where = _at(path, str(key))
+        if stem in data:
+            raise ConfigError(where, f"give {stem} or {key}, not both")
+        name = _string(value, where)
+        try:
+            text = Path(name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise ConfigError(where, f"cannot read {name}: {reason}") from None
+        out[stem] = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    return out
+
+
 def _parse_config(data: object, allow_zero_port: bool) -> Config:
     if not isinstance(data, dict):
         found = "an empty document" if data is None else _describe(data)
         raise ConfigError("(top level)", f"expected a mapping of config sections, got {found}")
+    data = _secret_files(data)
+    assert isinstance(data, dict)
     section = _section(data, "", _TOP_LEVEL, required=("tier", "listen", "users", "upstream"))
     tier = _choice(section["tier"], "tier", ("remote", "local"))
     listen = _parse_listen(section["listen"], allow_zero_port)

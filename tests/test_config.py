@@ -705,3 +705,32 @@ def test_the_deploy_examples_are_valid_configs(name):
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "deploy" / name)
     assert cfg.tier == name.split(".")[0]
+
+
+def test_secrets_can_come_from_files_and_are_read_again_on_reload(tmp_path: Path) -> None:
+    """Kubernetes and Docker hand out secrets as mounted files: `<secret>_file` reads one."""
+    secret = tmp_path / "app-password"
+    secret.write_text("s3cret\n")
+    token = tmp_path / "token"
+    token.write_text("tok-1\r\n")
+    data = minimal()
+    data["users"] = [{"name": "app", "password_file": str(secret)}]
+    data["admin"] = {"http": "127.0.0.1:9033", "token_file": str(token)}
+    path = tmp_path / "tier.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
+    assert cfg.user("app").password == "s3cret"
+    assert cfg.admin.token == "tok-1"
+    secret.write_text("rotated")
+    assert load_config(path).user("app").password == "rotated"
+
+
+def test_a_secret_file_that_cannot_be_read_or_doubles_a_value_is_refused(tmp_path: Path) -> None:
+    data = minimal()
+    data["users"] = [{"name": "app", "password_file": str(tmp_path / "missing")}]
+    assert refused(data) == (
+        f"users[0].password_file: cannot read {tmp_path / 'missing'}: No such file or directory"
+    )
+    (tmp_path / "pw").write_text("x")
+    data["users"] = [{"name": "app", "password": "x", "password_file": str(tmp_path / "pw")}]
+    assert refused(data) == "users[0].password_file: give password or password_file, not both"
