@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -46,6 +47,62 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> str:
     if check and done.returncode != 0:
         sys.exit(f"container: podman {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout.strip()
+
+
+LAYOUT = (
+    "id; stat -c '%n %U:%G %a' /etc/sluice /run/sluice /opt/sluice/venv; "
+    "readlink /usr/local/bin/sluice; /opt/sluice/venv/bin/python -V; "
+    "ls /opt/sluice/venv/lib/python3*/site-packages | sed 's/-[0-9].*//' | sort -u; "
+    "for tool in gcc cc pip pip3 pytest; do command -v $tool; done; true"
+)
+
+
+def layout(image: str) -> str:
+    """What a user of the image relies on: its user, paths, packages and entrypoint."""
+    config = podman(
+        "image", "inspect", "--format",
+        "{{.Config.User}} {{json .Config.Entrypoint}} {{json .Config.Cmd}} "
+        "{{json .Config.ExposedPorts}}",
+        image,
+    )  # fmt: skip
+    inside = subprocess.run(
+        ["podman", *RUNTIME, "run", "--rm", *LIMITS, "--entrypoint", "/bin/sh", image,
+         "-c", LAYOUT],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return config + "\n" + inside.stdout + inside.stderr
+
+
+RUNTIME: list[str] = []
+LIMITS: list[str] = []
+
+
+def detect_quirks(image: str) -> str | None:
+    """Inside some sandboxes (this project's development machines among them) a container
+    may not raise its limits, and crun cannot use their cgroup v1: then use runc and limits
+    the container may set. Returns what was changed, or None."""
+    probe = ["run", "--rm", "--network", "host", "--entrypoint", "/bin/true", image]
+    done = subprocess.run(["podman", *probe], capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return None
+    if not any(word in done.stderr for word in ("rlimit", "cgroups in hybrid mode")):
+        sys.exit(f"container: podman cannot run {image}: {done.stderr.strip()}")
+    nofile = hard_nofile()
+    LIMITS[:] = ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", "nproc=4096:4096"]
+    RUNTIME[:] = ["--runtime", "runc"] if shutil.which("runc") else []
+    again = subprocess.run(
+        ["podman", *RUNTIME, probe[0], *LIMITS, *probe[1:]],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if again.returncode != 0:
+        sys.exit(f"container: podman cannot run {image}: {again.stderr.strip()}")
+    return " ".join(RUNTIME + LIMITS)
+
+
+def hard_nofile() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
 def wait_ready(url: str, timeout: float) -> float:
@@ -78,6 +135,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image", default=f"sluice:{version}")
     parser.add_argument("--build", action="store_true", help="build the image first")
+    parser.add_argument(
+        "--compare",
+        metavar="IMAGE",
+        help="check that IMAGE (say, from the Dockerfile) has "
+        "the same layout, user and entrypoint as --image",
+    )
     args = parser.parse_args()
     if shutil.which("podman") is None:
         print("container: podman is missing (apt-get install podman); nothing measured")
@@ -91,6 +154,15 @@ def main() -> int:
     record["image_size_mb"] = round(
         int(podman("image", "inspect", "--format", "{{.Size}}", args.image)) / 1e6, 1
     )
+    workaround = detect_quirks(args.image)
+    if workaround:
+        print(f"container: podman here needs {workaround}")
+        record["podman_workarounds"] = workaround
+    if args.compare:
+        mine, theirs = layout(args.image), layout(args.compare)
+        if mine != theirs:
+            sys.exit(f"container: {args.image} and {args.compare} differ:\n{mine}\n---\n{theirs}")
+        record["same_layout_as"] = args.compare
     work = Path(tempfile.mkdtemp(prefix="sluice-container-", dir="/tmp"))
     sb = sandbox.up(work / "db", replicas=0)
     podman("rm", "-f", NAME, check=False)
@@ -111,12 +183,12 @@ def main() -> int:
         conf.chmod(0o755)
         for path in (conf / "secrets", conf / "secrets/app", conf / "sluice.yaml"):
             path.chmod(0o755 if path.is_dir() else 0o644)
-        podman(
+        run = [
             "run", "-d", "--name", NAME, "--network", "host", "--read-only",
             "-v", f"{conf}/sluice.yaml:/etc/sluice/sluice.yaml:ro",
             "-v", f"{conf}/secrets:/etc/sluice/secrets:ro",
-            args.image,
-        )  # fmt: skip
+        ]  # fmt: skip
+        podman(*RUNTIME, run[0], *LIMITS, *run[1:], args.image)
         record["ready_seconds"] = round(wait_ready(f"http://127.0.0.1:{http}/readyz", 30), 2)
         record["user"] = podman("exec", NAME, "id", "-u")
         if record["user"] != "10001":
@@ -145,11 +217,29 @@ def main() -> int:
         with conn.cursor() as cur:  # the session survived the reload
             cur.execute("SELECT 1")
             record["session_after_reload"] = cur.fetchone()[0] == 1
-        conn.close()
 
+        # A graceful stop: a statement running when SIGTERM comes finishes and is answered.
+        answer: list[object] = []
+
+        def sleeper() -> None:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT SLEEP(1.5), 'finished'")
+                    answer.append(cur.fetchone()[1])
+            except Exception as exc:  # reported below
+                answer.append(exc)
+
+        thread = threading.Thread(target=sleeper)
+        thread.start()
+        time.sleep(0.5)
         began = time.monotonic()
         podman("stop", "--time", "30", NAME, timeout=60)
         record["stop_seconds"] = round(time.monotonic() - began, 2)
+        thread.join(10)
+        record["statement_running_at_stop"] = answer[0] if answer else "no answer"
+        if answer != ["finished"]:
+            sys.exit(f"container: the statement running at SIGTERM got {answer}")
+        conn.close()
         record["exit_code"] = int(podman("inspect", "--format", "{{.State.ExitCode}}", NAME))
         output = logs()
         record["log_tail"] = output.splitlines()[-3:]

@@ -40,7 +40,7 @@ else
 fi
 cp -r "$work/wheels" "$rootfs/tmp/wheels"
 cp deploy/image/install.sh "$rootfs/tmp/install.sh"
-chroot "$rootfs" /bin/sh /tmp/install.sh
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 chroot "$rootfs" /bin/sh /tmp/install.sh
 rm -f "$rootfs/tmp/install.sh"
 # What a minimal image does not need: apt's state and the package manager's caches.
 rm -rf "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*

@@ -14,8 +14,8 @@ python3 -m venv /opt/sluice/venv
 /opt/sluice/venv/bin/pip uninstall -y -q pip setuptools 2>/dev/null || true  # not needed to run
 /opt/sluice/venv/bin/python -m compileall -q /opt/sluice/venv/lib  # read-only root: no .pyc later
 ln -sf /opt/sluice/venv/bin/sluice /usr/local/bin/sluice
-groupadd --system --gid 10001 sluice
-useradd --system --uid 10001 --gid sluice --home-dir /nonexistent --no-create-home \
+groupadd --gid 10001 sluice
+useradd --uid 10001 --gid sluice --home-dir /nonexistent --no-create-home \
     --shell /usr/sbin/nologin sluice
 install -d -m 0755 /etc/sluice
 install -d -m 0755 -o sluice -g sluice /run/sluice
