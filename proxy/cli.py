@@ -110,6 +110,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
                 max_connections=args.max_connections,
                 port=args.port,
                 semi_sync=args.semi_sync,
+                etcd=args.etcd,
             )
             print(json.dumps(sb.to_dict(), indent=2))
         else:
@@ -157,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--semi-sync",
         action="store_true",
         help="lossless semi-sync replication (AFTER_SYNC): no acknowledged write is lost",
+    )
+    up.add_argument(
+        "--etcd", action="store_true", help="also an etcd for fleet.etcd (its endpoint: etcd)"
     )
     down = sb_sub.add_parser("down", help="stop a sandbox cluster")
     down.add_argument("--dir", required=True)

@@ -391,6 +391,16 @@ class HeartbeatConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """The fleet's consensus store: membership and the lock on changes of writer (etcd v3)."""
+
+    etcd: tuple[Address, ...]
+    cluster: str = "main"  # keys live under /sluice/<cluster>/
+    name: str = ""  # this tier's member name; default: host name + first listen address
+    lease_ttl: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """Logging level and output format."""
 
@@ -413,6 +423,7 @@ class Config:
     pause: PauseConfig = PauseConfig()
     switchover: SwitchoverConfig = SwitchoverConfig()
     heartbeat: HeartbeatConfig | None = None
+    fleet: FleetConfig | None = None
     failover: FailoverConfig = FailoverConfig()
     tls: ClientTLSConfig | None = None
     auth: AuthConfig = AuthConfig()
@@ -1006,6 +1017,37 @@ def _parse_heartbeat(value: object) -> HeartbeatConfig | None:
     )
 
 
+_CLUSTER_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _parse_fleet(value: object) -> FleetConfig | None:
+    if value is None:
+        return None
+    section = _section(value, "fleet", ("cluster", "etcd", "lease_ttl", "name"), ("etcd",))
+    endpoints = []
+    for i, item in enumerate(_list(section["etcd"], "fleet.etcd", "etcd endpoints")):
+        address = parse_address(item, f"fleet.etcd[{i}]")
+        if address.kind != "tcp":
+            raise ConfigError(f"fleet.etcd[{i}]", f"expected host:port, got {item!r}")
+        endpoints.append(address)
+    names = {}
+    for key in ("cluster", "name"):
+        if key in section:
+            text = _string(section[key], f"fleet.{key}")
+            if not _CLUSTER_RE.fullmatch(text):
+                raise ConfigError(
+                    f"fleet.{key}", f"expected letters, digits, '_', '.' or '-', got {text!r}"
+                )
+            names[key] = text
+    ttl = _timeout(section.get("lease_ttl", 5.0), "fleet.lease_ttl", positive=True)
+    if ttl < 2:
+        raise ConfigError(
+            "fleet.lease_ttl",
+            f"expected at least 2s (etcd leases count whole seconds), got {ttl:g}s",
+        )
+    return FleetConfig(etcd=tuple(endpoints), lease_ttl=ttl, **names)
+
+
 def _parse_log(value: object) -> LogConfig:
     section = _section(value, "log", ("format", "level"))
     d = LogConfig()
@@ -1021,6 +1063,7 @@ _TOP_LEVEL = (
     "admin",
     "auth",
     "failover",
+    "fleet",
     "heartbeat",
     "limits",
     "listen",
@@ -1109,6 +1152,7 @@ def _parse_config(data: object, allow_zero_port: bool) -> Config:
         pause=_parse_pause(section.get("pause", {})),
         switchover=_parse_switchover(section.get("switchover", {})),
         heartbeat=_parse_heartbeat(section.get("heartbeat")),
+        fleet=_parse_fleet(section.get("fleet")),
         failover=_parse_failover(section.get("failover", {}), tier, upstream),
         tls=_parse_client_tls(section.get("tls")),
         auth=_parse_auth(section.get("auth", {})),
@@ -1302,6 +1346,18 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
             "lock_wait_timeout": cfg.switchover.lock_wait_timeout,
             "peer_timeout": cfg.switchover.peer_timeout,
         },
+        **(
+            {
+                "fleet": {
+                    "etcd": [str(address) for address in cfg.fleet.etcd],
+                    "cluster": cfg.fleet.cluster,
+                    "name": cfg.fleet.name,
+                    "lease_ttl": cfg.fleet.lease_ttl,
+                }
+            }
+            if cfg.fleet is not None
+            else {}
+        ),
         **(
             {
                 "heartbeat": {

@@ -38,6 +38,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,6 +143,7 @@ class Sandbox:
     servers: list[SandboxServer]
     users: dict[str, SandboxUser]  # keys: "app", "monitor", "repl", "root"
     semi_sync: bool = False  # lossless semi-sync replication (AFTER_SYNC) on every server
+    etcd: str | None = None  # host:port of the sandbox's etcd (up(etcd=True)), for fleet.etcd
 
     @property
     def primary(self) -> SandboxServer:
@@ -167,6 +169,7 @@ class Sandbox:
             "servers": [s.to_dict() for s in self.servers],
             "users": {key: u.to_dict() for key, u in self.users.items()},
             "semi_sync": self.semi_sync,
+            "etcd": self.etcd,
         }
 
     @classmethod
@@ -176,6 +179,7 @@ class Sandbox:
             servers=[SandboxServer(**s) for s in data["servers"]],
             users={key: SandboxUser(**u) for key, u in data["users"].items()},
             semi_sync=bool(data.get("semi_sync", False)),
+            etcd=data.get("etcd"),
         )
 
 
@@ -208,6 +212,7 @@ def up(
     port: int | None = None,
     extra_args: Sequence[str] = (),
     semi_sync: bool = False,
+    etcd: bool = False,
 ) -> Sandbox:
     """Start a primary (db1) and ``replicas`` GTID replicas (db2, db3, …) in ``dir``.
 
@@ -273,9 +278,12 @@ def up(
             shutil.copytree(template, server.datadir)
         _start_all(sb, mariadbd, max_connections, list(extra_args), auto_ports=port is None)
         _bootstrap_replication(sb)
+        if etcd:
+            sb.etcd = start_etcd(root)
         _write_state(sb)
     except BaseException:
         _stop_pids([(s, s.pid) for s in servers if s.pid])
+        stop_etcd(root)
         raise
     log.info("sandbox %s up in %.2fs", root, time.monotonic() - started)
     return sb
@@ -291,6 +299,90 @@ def down(dir: str | Path) -> None:
     root = Path(dir).resolve()
     if root.is_dir():
         _stop_pids(_recorded_servers(root))
+        stop_etcd(root)
+
+
+# --- etcd -------------------------------------------------------------------------------------
+
+ETCD_DIR = "etcd"
+
+
+def start_etcd(root: Path) -> str:
+    """An etcd of its own in ``root/etcd`` (a single member on free loopback ports), for
+    fleets on etcd; returns its client endpoint ``host:port``. Stopped by ``stop_etcd``."""
+    binary = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
+    if binary is None:
+        raise SandboxError(
+            "etcd is missing: apt-get install etcd-server (scripts/bootstrap.sh does)"
+        )
+    stop_etcd(root)
+    data = root / ETCD_DIR
+    shutil.rmtree(data, ignore_errors=True)
+    client, peer = _pick_ports(2)
+    client_url, peer_url = f"http://{HOST}:{client}", f"http://{HOST}:{peer}"
+    command = [
+        binary,
+        "--name", "sandbox",
+        "--data-dir", str(data),
+        "--listen-client-urls", client_url,
+        "--advertise-client-urls", client_url,
+        "--listen-peer-urls", peer_url,
+        "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", f"sandbox={peer_url}",
+    ]  # fmt: skip
+    with (root / "etcd.log").open("ab") as out:
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    (root / "etcd.pid").write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SandboxError(f"etcd exited at start:\n{_tail_file(root / 'etcd.log')}")
+        with (
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(f"{client_url}/health", timeout=1) as answer,
+        ):
+            if json.load(answer).get("health") == "true":
+                log.info("etcd for sandbox %s at %s:%d", root, HOST, client)
+                return f"{HOST}:{client}"
+        time.sleep(0.1)
+    proc.kill()
+    raise SandboxError(
+        f"etcd not healthy after {START_TIMEOUT:g}s:\n{_tail_file(root / 'etcd.log')}"
+    )
+
+
+def stop_etcd(root: Path) -> None:
+    """Stop the sandbox's etcd, if one runs (only a process whose command line names this
+    sandbox's etcd data dir is signalled)."""
+    try:
+        pid = int((root / "etcd.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return
+    if str(root / ETCD_DIR).encode() not in cmdline:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    (root / "etcd.pid").unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def load(dir: str | Path) -> Sandbox:

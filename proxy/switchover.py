@@ -38,6 +38,7 @@ from .backend import QueryResult, ServerConnection, UpstreamError
 from .dialect import Dialect, DialectError
 from .discovery import dialect_of, monitor_connection
 from .errors import ClientError
+from .fleet import FleetError
 from .protocol.codec import ProtocolError
 
 if TYPE_CHECKING:
@@ -183,7 +184,8 @@ class Switchover:
         tier.switchover = self
         log.info("switchover %d: to %s requested", self.id, self.target)
         try:
-            await self._run()
+            async with self._fleet_lock():
+                await self._run()
             self.outcome = "done"
         except SwitchoverFailed as exc:
             if self._promoted:
@@ -516,10 +518,38 @@ class Switchover:
 
     # --- helpers ----------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _fleet_lock(self) -> AsyncIterator[None]:
+        """With fleet.etcd: hold the fleet's change-of-writer lock throughout, and read the
+        live members afresh once it is held (they are the peers)."""
+        fleet = self.tier.fleet
+        if fleet is None:
+            yield
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(
+                    fleet.lock(f"switchover {self.id} to {self.target}")
+                )
+                await fleet.read_members()
+            except FleetError as exc:
+                raise SwitchoverFailed(str(exc)) from None
+            yield
+
     def _make_peers(self) -> list[Peer]:
         config = self.tier.config
         own = {str(a) for a in self.tier.admin_addresses().values()}
-        wanted = [str(a) for a in config.switchover.peers] + list(self.peer_addresses)
+        fleet = self.tier.fleet
+        if fleet is not None:  # the live remote tiers in etcd, not a static list
+            members = [m for m in fleet.live("remote") if m["name"] != fleet.name]
+            unreachable = [m["name"] for m in members if not m["admin"]]
+            if unreachable:
+                raise SwitchoverFailed(
+                    f"fleet members {', '.join(unreachable)} have no admin.http to be paused at"
+                )
+            wanted = [m["admin"] for m in members] + list(self.peer_addresses)
+        else:
+            wanted = [str(a) for a in config.switchover.peers] + list(self.peer_addresses)
         peers: list[Peer] = []
         tls = config.admin.tls
         context = None

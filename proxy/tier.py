@@ -24,6 +24,7 @@ from .backend import ServerConnection, UpstreamError
 from .config import Address, Config, ServerConfig
 from .discovery import PROBE_TIMEOUT, discover_writer
 from .failover import Failover
+from .fleet import Fleet
 from .frontend import BUSY, INFILE, ClientSession
 from .gate import Gate
 from .health import HealthMonitor
@@ -85,6 +86,7 @@ class Tier:
         self._unix_paths: list[str] = []
         self.admin: AdminServers | None = None
         self.heartbeat: Heartbeat | None = None
+        self.fleet: Fleet | None = None  # membership in etcd (fleet.etcd)
         self.writer_generation = 0  # counts retargets (see check_writer)
         self.switchover: Switchover | None = None  # the one running on this tier, if any
         self.switchovers: collections.deque[Switchover] = collections.deque(
@@ -161,6 +163,11 @@ class Tier:
             self.health = HealthMonitor(self)
             self.health.start()
         await self._start_admin()
+        if self.config.fleet is not None:
+            self.fleet = Fleet(self, self.config.fleet)
+            self.fleet.start()
+            if not await self.fleet.wait_registered(self.config.fleet.lease_ttl):
+                log.warning("not registered in etcd yet (%s); serving on", self.fleet.etcd)
         if self.config.heartbeat is not None:
             self.heartbeat = Heartbeat(self, self.config.heartbeat)
             self.heartbeat.start()
@@ -444,6 +451,9 @@ class Tier:
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let running commands finish (up to drain_timeout), close the rest."""
         self.accepting = False
+        if self.fleet is not None:  # first: a switchover must not count on a leaving tier
+            await self.fleet.stop()
+            self.fleet = None
         if self.heartbeat is not None:
             await self.heartbeat.stop()
             self.heartbeat = None

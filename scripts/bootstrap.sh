@@ -15,6 +15,14 @@ if [ -z "$(find_mariadbd)" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q mariadb-server mariadb-client
 fi
 
+if ! command -v etcd >/dev/null 2>&1 && [ ! -x /usr/bin/etcd ]; then
+    # The fleet's consensus store (fleet.etcd); tests start their own on free ports.
+    echo "bootstrap: etcd not found; installing etcd-server with apt" >&2
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q etcd-server
+fi
+
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {

@@ -734,3 +734,19 @@ def test_a_secret_file_that_cannot_be_read_or_doubles_a_value_is_refused(tmp_pat
     (tmp_path / "pw").write_text("x")
     data["users"] = [{"name": "app", "password": "x", "password_file": str(tmp_path / "pw")}]
     assert refused(data) == "users[0].password_file: give password or password_file, not both"
+
+
+def test_the_fleet_section_is_validated() -> None:
+    data = minimal()
+    data["fleet"] = {"etcd": ["127.0.0.1:2379"], "cluster": "main", "lease_ttl": "5s"}
+    cfg = parse_config(data)
+    assert cfg.fleet is not None and str(cfg.fleet.etcd[0]) == "127.0.0.1:2379"
+    assert cfg.fleet.lease_ttl == 5.0 and cfg.fleet.name == ""
+    data["fleet"] = {"etcd": ["unix:/tmp/etcd.sock"]}
+    assert refused(data) == "fleet.etcd[0]: expected host:port, got 'unix:/tmp/etcd.sock'"
+    data["fleet"] = {"etcd": ["127.0.0.1:2379"], "lease_ttl": "500ms"}
+    assert "fleet.lease_ttl: expected at least 2s" in refused(data)
+    data["fleet"] = {"etcd": ["127.0.0.1:2379"], "cluster": "a/b"}
+    assert refused(data).startswith("fleet.cluster: expected letters")
+    data["fleet"] = {"cluster": "main"}
+    assert "fleet.etcd" in refused(data)

@@ -490,6 +490,7 @@ def status(tier: Tier) -> dict[str, object]:
         "servers": [dataclasses.asdict(row) for row in views.server_rows(tier)],
         "heartbeat": tier.heartbeat.as_dict() if tier.heartbeat is not None else None,
         "failover": tier.failover.status(),
+        **({"fleet": tier.fleet.status()} if tier.fleet is not None else {}),
         "switchover": {
             "running": tier.switchover.as_dict() if tier.switchover is not None else None,
             "recent": [record.as_dict() for record in reversed(tier.switchovers)],

@@ -55,6 +55,7 @@ COMMANDS = (
     "SHOW SERVERS",
     "SHOW CONFIG",
     "SHOW SWITCHOVERS",
+    "SHOW FLEET",
     "KILL CLIENT <id>",
     "RELOAD",
     "PAUSE",
@@ -66,7 +67,7 @@ ER_NO_SUCH_THREAD = 1094
 ER_UNKNOWN_ERROR = 1105
 
 _COMMAND_RE = re.compile(
-    r"\s*(?:SHOW\s+(?P<show>POOLS|CLIENTS|SERVERS|CONFIG|SWITCHOVERS)"
+    r"\s*(?:SHOW\s+(?P<show>POOLS|CLIENTS|SERVERS|CONFIG|SWITCHOVERS|FLEET)"
     r"|KILL\s+CLIENT\s+(?P<kill>\d+)|(?P<reload>RELOAD)|(?P<pause>PAUSE)|(?P<resume>RESUME)"
     r"|SWITCHOVER\s+TO\s+(?P<switchover>'[^']+'|`[^`]+`|\w[\w.-]*)"
     r"|RETARGET\s+TO\s+(?P<retarget>'[^']+'|`[^`]+`|\w[\w.-]*))\s*;?\s*",
@@ -129,6 +130,14 @@ SWITCHOVER_COLUMNS = _columns(
     ("warnings", _TEXT),
 )
 RETARGET_COLUMNS = _columns(("was", _TEXT), ("current", _TEXT))
+FLEET_COLUMNS = _columns(
+    ("name", _TEXT),
+    ("tier", _TEXT),
+    ("address", _TEXT),
+    ("admin", _TEXT),
+    ("pool_max_connections", _INT),
+    ("etcd", _TEXT),
+)
 
 
 def unknown_command(sql: str) -> MysqlError:
@@ -239,6 +248,8 @@ class AdminSession(Session):
             return [
                 _switchover_row(s) for s in [*running, *reversed(tier.switchovers)]
             ], SWITCHOVER_COLUMNS
+        if what == "FLEET":
+            return views.fleet_rows(tier), FLEET_COLUMNS
         return list(views.config_rows(tier)), CONFIG_COLUMNS
 
     async def _kill_client(self, match: re.Match[str]) -> AllowedResult:

@@ -178,6 +178,18 @@ def pinned_by_reason(tier: Tier) -> dict[str, int]:
     return counts
 
 
+def fleet_rows(tier: Tier) -> list[tuple[object, ...]]:
+    """The live members of this tier's fleet (the last reading from etcd), with how etcd
+    answers this tier; empty without fleet.etcd."""
+    fleet = tier.fleet
+    if fleet is None:
+        return []
+    return [
+        (m["name"], m["tier"], m["address"], m["admin"], m["pool_max_connections"], fleet.etcd)
+        for m in fleet.members
+    ]
+
+
 def config_rows(tier: Tier) -> list[tuple[str, str]]:
     """The running config, secrets redacted, as (key path, value) pairs."""
     rows: list[tuple[str, str]] = []

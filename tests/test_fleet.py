@@ -1,0 +1,231 @@
+"""A fleet on etcd (first slice): membership on a lease, a switchover that pauses every live
+remote tier found in etcd, one change of writer at a time, and etcd out of the data path.
+
+Real `sluice run` processes, a real etcd (Debian's etcd-server, started by the sandbox) and a
+real MariaDB primary with two replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aetcd
+import pymysql
+import pytest
+
+from proxy import sandbox as sandbox_mod
+
+from .conftest import short_tmp_dir
+from .processes import ROOT, Load, TierProcess
+
+APP_PASSWORD = "app-pass"
+TOKEN = "fault-token"
+TTL = "2s"
+
+
+@pytest.fixture
+def cluster(tmp_path_factory):
+    path = short_tmp_dir(tmp_path_factory, "fleet")
+    sb = sandbox_mod.up(path, replicas=2, max_connections=300, etcd=True)
+    try:
+        yield sb
+    finally:
+        sandbox_mod.down(path)
+
+
+@pytest.fixture
+def processes():
+    started: list[TierProcess] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+def fleet_section(sb, cluster: str, name: str) -> dict:
+    return {"etcd": [sb.etcd], "cluster": cluster, "name": name, "lease_ttl": TTL}
+
+
+def remote(sb, work: Path, name: str, cluster: str, processes: list) -> TierProcess:
+    config = {
+        "tier": "remote",
+        "users": [{"name": "app", "password": APP_PASSWORD}],
+        "upstream": {
+            "servers": [{"name": s.name, "address": f"{s.host}:{s.port}"} for s in sb.servers],
+            "monitor": {"user": "sluice", "password": sb.users["monitor"].password},
+            "replication": {"user": "repl", "password": sb.users["repl"].password},
+        },
+        "pool": {"max_connections": 20, "acquire_timeout": "20s"},
+        "pause": {"drain_timeout": "2s", "max_pause": "20s"},
+        "fleet": fleet_section(sb, cluster, name),
+    }
+    proc = TierProcess(work, name, config)
+    processes.append(proc)
+    return proc.start()
+
+
+def local(sb, work: Path, remotes: list[TierProcess], cluster: str, processes: list):
+    config = {
+        "tier": "local",
+        "users": [{"name": "app", "password": APP_PASSWORD}],
+        "upstream": {
+            "servers": [{"name": r.name, "address": r.address} for r in remotes],
+        },
+        "pool": {"max_connections": 24, "acquire_timeout": "20s"},
+        "fleet": fleet_section(sb, cluster, "local1"),
+    }
+    proc = TierProcess(work, "local1", config)
+    processes.append(proc)
+    return proc.start()
+
+
+def members(proc: TierProcess) -> list[str] | None:
+    try:
+        return [m["name"] for m in proc.status()["fleet"]["members"]]
+    except OSError:  # (its admin endpoint starts a moment after its listener)
+        return None
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {timeout}s (last: {value!r})")
+        time.sleep(0.1)
+
+
+def ctl(proc: TierProcess, *args: str) -> subprocess.CompletedProcess:
+    admin = f"127.0.0.1:{proc.admin_port}"
+    return subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "ctl", "--admin", admin, "--token", TOKEN, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def etcd_pid(sb) -> int:
+    return int((Path(sb.dir) / "etcd.pid").read_text())
+
+
+def test_tiers_join_on_a_lease_and_leave_on_sigterm_or_when_their_lease_expires(
+    cluster, processes, tmp_path
+):
+    name = f"c{uuid.uuid4().hex[:6]}"
+    r1 = remote(cluster, tmp_path, "remote1", name, processes)
+    r2 = remote(cluster, tmp_path, "remote2", name, processes)
+    l1 = local(cluster, tmp_path, [r1, r2], name, processes)
+    everyone = ["local1", "remote1", "remote2"]
+    for proc in (r1, r2, l1):
+        wait_for(lambda proc=proc: members(proc) == everyone, 5, f"{proc.name} sees all")
+    record = next(m for m in r2.status()["fleet"]["members"] if m["name"] == "remote1")
+    assert record["tier"] == "remote" and record["address"] == r1.address
+    assert record["admin"] == f"127.0.0.1:{r1.admin_port}"
+    assert r1.status()["fleet"]["etcd"] == "ok"
+
+    r2.stop()  # SIGTERM: it deregisters before draining
+    wait_for(lambda: members(r1) == ["local1", "remote1"], 2, "remote2 gone after SIGTERM")
+    l1.kill()  # kill -9: nobody deregisters it; its lease expires
+    killed = time.monotonic()
+    wait_for(lambda: members(r1) == ["remote1"], 6, "local1 gone when its lease expired")
+    assert time.monotonic() - killed >= 1.0  # (it was the lease, not a goodbye)
+
+
+def test_a_switchover_on_one_tier_moves_every_live_remote_tier_found_in_etcd(
+    cluster, processes, tmp_path
+):
+    name = f"c{uuid.uuid4().hex[:6]}"
+    table = f"app.fleet_{uuid.uuid4().hex[:8]}"
+    sandbox_mod.sql(cluster.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    sandbox_mod.wait_replicas_caught_up(cluster)
+    r1 = remote(cluster, tmp_path, "remote1", name, processes)
+    r2 = remote(cluster, tmp_path, "remote2", name, processes)
+    l1 = local(cluster, tmp_path, [r1, r2], name, processes)
+    wait_for(lambda: len(members(r1)) == 3, 5, "the fleet registered")
+    load = Load("127.0.0.1", l1.port, APP_PASSWORD, table, clients=10)
+    result: dict = {}
+
+    async def switch():
+        await asyncio.sleep(1.5)
+        # Only remote1 is named: it finds remote2 in etcd (no switchover.peers anywhere).
+        result["ctl"] = await asyncio.to_thread(ctl, r1, "switchover", "--to", "db2")
+
+    asyncio.run(load.run(4, switch()))
+    done = result["ctl"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    for proc in (r1, r2):
+        assert proc.status()["upstream"]["current"] == "db2"
+    assert load.errors() == []
+    acknowledged = load.acknowledged()
+    assert len(acknowledged) > 100
+    db2 = cluster.server("db2")
+    conn = pymysql.connect(
+        host=db2.host, port=db2.port, user="root", password=cluster.users["root"].password
+    )
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT id FROM {table}")
+        stored = {row[0] for row in cur.fetchall()}
+    conn.close()
+    assert set(acknowledged) <= stored
+    switchovers = r1.status()["switchover"]["recent"]
+    assert switchovers[0]["peers"] == [f"127.0.0.1:{r2.admin_port}"]
+
+
+def test_a_second_change_of_writer_is_refused_naming_the_holder(cluster, processes, tmp_path):
+    name = f"c{uuid.uuid4().hex[:6]}"
+    r1 = remote(cluster, tmp_path, "remote1", name, processes)
+    wait_for(lambda: members(r1) == ["remote1"], 5, "registered")
+    host, port = cluster.etcd.split(":")
+
+    async def hold_the_lock():
+        async with aetcd.Client(host=host, port=int(port)) as client:
+            holder = {"holder": "remote9", "purpose": "switchover 7 to db3", "since": "12:00:00"}
+            await client.put(f"/sluice/{name}/lock".encode(), json.dumps(holder).encode())
+
+    asyncio.run(hold_the_lock())
+    done = ctl(r1, "switchover", "--to", "db2")
+    assert done.returncode != 0
+    assert "remote9 holds the lock for switchover 7 to db3 since 12:00:00" in done.stdout + (
+        done.stderr
+    )
+    assert "nothing was changed" in done.stdout + done.stderr
+    assert r1.status()["upstream"]["current"] == "db1"
+
+
+def test_with_etcd_gone_tiers_serve_on_and_a_switchover_says_why_it_cannot(
+    cluster, processes, tmp_path
+):
+    name = f"c{uuid.uuid4().hex[:6]}"
+    r1 = remote(cluster, tmp_path, "remote1", name, processes)
+    wait_for(lambda: members(r1) == ["remote1"], 5, "registered")
+    pid = etcd_pid(cluster)
+    os.kill(pid, signal.SIGSTOP)  # etcd hangs: no answer, no reset
+    try:
+        wait_for(lambda: r1.status()["fleet"]["etcd"].startswith("unreachable"), 10, "noticed")
+        conn = pymysql.connect(
+            host="127.0.0.1", port=r1.port, user="app", password=APP_PASSWORD, database="app"
+        )
+        with conn.cursor() as cur:  # the data path does not need etcd
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+        conn.close()
+        done = ctl(r1, "switchover", "--to", "db2")
+        assert done.returncode != 0
+        assert "etcd is unreachable" in done.stdout + done.stderr
+        assert r1.status()["upstream"]["current"] == "db1"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: r1.status()["fleet"]["etcd"] == "ok", 10, "etcd back")
+    assert members(r1) == ["remote1"]
