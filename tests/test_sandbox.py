@@ -136,7 +136,8 @@ def test_wait_replicas_caught_up_fails_fast_when_replica_stopped(sandbox: Sandbo
 def test_state_file_carries_the_contract_fields(sandbox: Sandbox) -> None:
     state = json.loads((Path(sandbox.dir) / sandbox_mod.STATE_FILE).read_text())
     assert state == sandbox.to_dict() == load(sandbox.dir).to_dict()
-    assert set(state) == {"dir", "servers", "users", "semi_sync"}
+    assert set(state) == {"dir", "servers", "users", "semi_sync", "etcd"}
+    assert state["etcd"] is None  # (up(etcd=True) starts one: tests/test_fleet.py)
     for entry in state["servers"]:
         assert set(entry) == {
             "name", "host", "port", "socket", "role", "datadir", "server_id", "pid"
@@ -229,3 +230,21 @@ def test_up_refuses_max_connections_below_mariadb_minimum() -> None:
     with pytest.raises(SandboxError, match="max_connections must be >= 10"):
         up("/tmp/sluice-never-created", max_connections=5)
     assert not Path("/tmp/sluice-never-created").exists()
+
+
+def test_up_with_etcd_starts_a_healthy_etcd_and_down_stops_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import urllib.request
+
+    path = short_tmp_dir(tmp_path_factory, "etcd")
+    sb = up(path, replicas=0, etcd=True)
+    try:
+        assert sb.etcd is not None and load(path).etcd == sb.etcd
+        with urllib.request.urlopen(f"http://{sb.etcd}/health", timeout=5) as answer:
+            assert json.load(answer)["health"] == "true"
+        pid = int((Path(path) / "etcd.pid").read_text())
+        assert process_exists(pid)
+    finally:
+        down(path)
+    assert not process_exists(pid)
