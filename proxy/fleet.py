@@ -25,6 +25,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aetcd
@@ -41,6 +42,17 @@ CALL_TIMEOUT = 2.0
 
 class FleetError(Exception):
     """A change of writer cannot go ahead: the lock is held, or etcd cannot be reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterRecord:
+    """/sluice/<cluster>/primary: the server every tier sends writes to, and its epoch (one
+    more at every change of writer). `revision` is the key's mod_revision, for the next
+    compare-and-swap."""
+
+    server: str
+    epoch: int
+    revision: int
 
 
 def member_name(tier: Tier) -> str:
@@ -69,6 +81,7 @@ class Fleet:
         self._task: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self.holding: str | None = None  # the change of writer this tier holds the lock for
+        self.writer: WriterRecord | None = None  # the last reading of the writer record
 
     # --- membership ---------------------------------------------------------------------------
 
@@ -126,6 +139,7 @@ class Fleet:
                     else:
                         await self._lease.refresh()
                     names = await self.read_members()
+                    await self.read_writer()
                 if self.name not in names:
                     self._lease = None  # our key went (a lease expired while etcd was away)
                     continue
@@ -168,6 +182,8 @@ class Fleet:
             "members": self.members,
             "members_read_ago": None if age is None else round(age, 1),
             "holding_lock": self.holding,
+            "primary": self.writer.server if self.writer is not None else None,
+            "epoch": self.writer.epoch if self.writer is not None else None,
         }
 
     # --- one change of writer at a time -------------------------------------------------------
@@ -220,6 +236,64 @@ class Fleet:
                 async with asyncio.timeout(CALL_TIMEOUT):
                     await lease.refresh()
 
+    # --- the writer and its epoch -------------------------------------------------------------
+
+    @property
+    def _writer_key(self) -> bytes:
+        return f"{self.prefix}primary".encode()
+
+    async def read_writer(self) -> WriterRecord | None:
+        """The writer record now (None: none yet); FleetError when etcd does not answer."""
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                client = await self._connect()
+                got = await client.get(self._writer_key)
+        except Exception as exc:
+            raise FleetError(f"etcd is unreachable ({_why(exc)})") from exc
+        self.writer = None if got is None else _writer(got.value, got.mod_revision)
+        return self.writer
+
+    async def first_writer(self, server: str) -> WriterRecord:
+        """Record `server` as the writer at epoch 1 if the fleet has no record yet (a new
+        fleet); a record another tier wrote first wins. Returns the record that holds."""
+        value = json.dumps({"server": server, "epoch": 1}).encode()
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                client = await self._connect()
+                ok, _ = await client.transaction(
+                    compare=[client.transactions.version(self._writer_key) == 0],
+                    success=[client.transactions.put(self._writer_key, value)],
+                    failure=[],
+                )
+        except Exception as exc:
+            raise FleetError(f"etcd is unreachable ({_why(exc)})") from exc
+        if ok:
+            log.info("the fleet's writer is %s (epoch 1)", server)
+        record = await self.read_writer()
+        assert record is not None
+        return record
+
+    async def move_writer(self, server: str, expected: WriterRecord) -> WriterRecord:
+        """Record `server` as the writer at the next epoch, only if the record is still
+        `expected` (compare-and-swap on its revision)."""
+        value = json.dumps({"server": server, "epoch": expected.epoch + 1}).encode()
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                client = await self._connect()
+                ok, _ = await client.transaction(
+                    compare=[client.transactions.mod(self._writer_key) == expected.revision],
+                    success=[client.transactions.put(self._writer_key, value)],
+                    failure=[],
+                )
+        except Exception as exc:
+            raise FleetError(f"etcd is unreachable ({_why(exc)})") from exc
+        record = await self.read_writer()
+        if not ok or record is None:
+            now = f"{record.server} at epoch {record.epoch}" if record else "no record"
+            raise FleetError(f"the fleet's writer record changed meanwhile (now {now})")
+        log.info("the fleet's writer is %s (epoch %d)", server, record.epoch)
+        return record
+
     # --- the connection -----------------------------------------------------------------------
 
     def _endpoint_text(self) -> str:
@@ -238,6 +312,11 @@ class Fleet:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.close()
+
+
+def _writer(value: bytes, revision: int) -> WriterRecord:
+    record = json.loads(value)
+    return WriterRecord(str(record["server"]), int(record["epoch"]), revision)
 
 
 def _holder(answers: Any) -> str:

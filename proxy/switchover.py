@@ -106,6 +106,7 @@ class Switchover:
         self._t0 = time.monotonic()
         self._conns: dict[str, ServerConnection] = {}
         self._undo: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        self.epoch: int | None = None  # the fleet's writer epoch this switchover recorded
         self._dialect: Dialect | None = None
         self._peers: list[Peer] = []
         self._paused_once = False
@@ -125,6 +126,7 @@ class Switchover:
             "pause_ms": _round(self.pause_ms),
             "total_ms": _round(self.total_ms),
             "peers": [p.address for p in self._peers],
+            "epoch": self.epoch,
             "steps": [
                 {
                     "step": s.name,
@@ -239,6 +241,7 @@ class Switchover:
                     async with asyncio.timeout(budget):
                         position = await self._demote(source)
                         await self._wait_for(target, position)
+                        await self._record_writer(source, target)
                         await self._promote(source, target)
                 except TimeoutError as exc:
                     raise SwitchoverFailed(
@@ -423,6 +426,34 @@ class Switchover:
                     f"switchover.promote_timeout ({timeout:g}s)"
                 )
             step.detail = f"{target.name} reached {position}"
+
+    async def _record_writer(self, source: ServerConfig, target: ServerConfig) -> None:
+        """With fleet.etcd: record the candidate as the writer at the next epoch before it is
+        promoted, so no tier ever follows a writable server the record does not name (an
+        undo records the old primary again, at a newer epoch still)."""
+        fleet = self.tier.fleet
+        if fleet is None:
+            return
+        async with self._step("record") as step:
+            try:
+                record = await fleet.read_writer()
+                if record is None:
+                    record = await fleet.first_writer(source.name)
+                if record.server != source.name:
+                    raise SwitchoverFailed(
+                        f"the fleet's writer record names {record.server} (epoch "
+                        f"{record.epoch}), not {source.name}"
+                    )
+                moved = await fleet.move_writer(target.name, record)
+            except FleetError as exc:
+                raise SwitchoverFailed(str(exc)) from None
+
+            async def back() -> None:
+                await fleet.move_writer(source.name, moved)
+
+            self._undo.append((f"record {source.name} as the fleet's writer again", back))
+            self.epoch = moved.epoch
+            step.detail = f"{target.name} is the fleet's writer at epoch {moved.epoch}"
 
     async def _promote(self, source: ServerConfig, target: ServerConfig) -> None:
         assert self._dialect is not None

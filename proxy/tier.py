@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 from .backend import ServerConnection, UpstreamError
 from .config import Address, Config, ServerConfig
-from .discovery import PROBE_TIMEOUT, discover_writer
+from .discovery import PROBE_TIMEOUT, Discovery, dialect_of, discover_writer, monitor_connection
 from .failover import Failover
-from .fleet import Fleet
+from .fleet import Fleet, FleetError, WriterRecord
 from .frontend import BUSY, INFILE, ClientSession
 from .gate import Gate
 from .health import HealthMonitor
@@ -87,6 +87,7 @@ class Tier:
         self.admin: AdminServers | None = None
         self.heartbeat: Heartbeat | None = None
         self.fleet: Fleet | None = None  # membership in etcd (fleet.etcd)
+        self.fenced: dict[str, int] = {}  # servers fenced (writable, not the fleet's writer)
         self.writer_generation = 0  # counts retargets (see check_writer)
         self.switchover: Switchover | None = None  # the one running on this tier, if any
         self.switchovers: collections.deque[Switchover] = collections.deque(
@@ -239,6 +240,8 @@ class Tier:
             return None
         if (self.gate.generation, self.writer_generation) != before:
             return None  # a pause or retarget happened meanwhile: the answers may be stale
+        if self.fleet is not None:
+            return await self._follow_the_fleets_writer(found)
         current = self.upstream.current
         writer = found.writer
         if writer is not None:
@@ -266,6 +269,78 @@ class Tier:
         if current is not None:
             self.failover.writer_lost(f"{current.name} is no longer writable")
         return None
+
+    async def _follow_the_fleets_writer(self, found: Discovery) -> ServerConfig | None:
+        """With fleet.etcd the writer is the one etcd records, never a server that merely
+        looks writable: any other server found writable (an old primary back from the dead,
+        a replica promoted behind the fleet's back) is fenced: set read_only, reported
+        `fenced`, sent no work. A new fleet records the writer discovery found (epoch 1).
+        Without etcd the tier keeps its current writer and changes nothing."""
+        assert self.fleet is not None
+        current = self.upstream.current
+        for name in list(self.fenced):  # fenced until it replicates from the writer again
+            role = self.upstream.roles.get(name)
+            if role == "replica":
+                del self.fenced[name]
+            elif role == "read_only":
+                self.upstream.roles[name] = "fenced"
+        try:
+            record = await self.fleet.read_writer()
+            if record is None and found.writer is not None:
+                record = await self.fleet.first_writer(found.writer.name)
+        except FleetError as exc:
+            log.warning("writer check: %s; keeping %s", exc, current.name if current else "none")
+            return current
+        if record is None:  # no record and no clear writer: as without a fleet
+            problem = found.problem()
+            self.retarget(None, problem)
+            return None
+        writer = self.config.server(record.server)
+        if writer is None:
+            self.retarget(None, f"the fleet's writer {record.server!r} is not in upstream.servers")
+            return None
+        for role in found.roles:  # (read_only=OFF is enough: it accepts writes)
+            if role.server != writer and role.problem is None and role.read_only is False:
+                await self._fence(role.server, record)
+        if writer != current and not found.demoted(writer):
+            log.warning(
+                "following the fleet's writer %s (epoch %d)%s",
+                writer.name,
+                record.epoch,
+                f", not {current.name}" if current else "",
+            )
+            self.retarget(writer)
+        if found.demoted(writer):
+            problem = f"the fleet's writer {writer.name} (epoch {record.epoch}) is not writable"
+            if problem != self.upstream.writer_problem:
+                log.error("writer check: %s", problem)
+            self.retarget(None, problem)
+            self.failover.writer_lost(problem)
+            return None
+        return writer
+
+    async def _fence(self, server: ServerConfig, record: WriterRecord) -> None:
+        """`server` is writable but is not the fleet's writer: make it read-only."""
+        monitor = self.config.upstream.monitor
+        assert monitor is not None
+        self.upstream.roles[server.name] = "fenced"
+        self.fenced[server.name] = record.epoch
+        log.warning(
+            "%s is writable but the fleet's writer is %s (epoch %d): fencing it (read_only)",
+            server.name,
+            record.server,
+            record.epoch,
+        )
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                conn = await monitor_connection(self.upstream, server, monitor, "fence")
+                try:
+                    for statement in dialect_of(conn).read_only_on():
+                        await conn.query(statement)
+                finally:
+                    conn.close()
+        except Exception as exc:  # it gets no work either way; the next check tries again
+            log.warning("could not set %s read_only: %s", server.name, exc)
 
     # --- health -----------------------------------------------------------------------------
 

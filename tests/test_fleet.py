@@ -181,6 +181,77 @@ def test_a_switchover_on_one_tier_moves_every_live_remote_tier_found_in_etcd(
     assert set(acknowledged) <= stored
     switchovers = r1.status()["switchover"]["recent"]
     assert switchovers[0]["peers"] == [f"127.0.0.1:{r2.admin_port}"]
+    # The writer and its epoch in etcd: recorded at epoch 1 when the fleet first found
+    # db1, moved to db2 at epoch 2 by the switchover; every tier reads the same.
+    assert switchovers[0]["epoch"] == 2
+    for proc in (r1, r2, l1):
+        wait_for(
+            lambda proc=proc: (
+                (proc.status()["fleet"]["primary"], proc.status()["fleet"]["epoch"]) == ("db2", 2)
+            ),
+            5,
+            f"{proc.name} reads db2 at epoch 2",
+        )
+
+
+def root_sql(server, statement: str) -> list:
+    conn = pymysql.connect(
+        host=server.host, port=server.port, user="root", password="root-pass", autocommit=True
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def test_an_old_primary_that_comes_back_writable_is_fenced_and_gets_no_writes(
+    cluster, processes, tmp_path
+):
+    name = f"c{uuid.uuid4().hex[:6]}"
+    table = f"app.fence_{uuid.uuid4().hex[:8]}"
+    sandbox_mod.sql(cluster.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    sandbox_mod.wait_replicas_caught_up(cluster)
+    r1 = remote(cluster, tmp_path, "remote1", name, processes)
+    wait_for(lambda: r1.status()["fleet"]["epoch"] == 1, 10, "the writer recorded")
+    done = ctl(r1, "switchover", "--to", "db2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    db1, db2 = cluster.server("db1"), cluster.server("db2")
+    load = Load("127.0.0.1", r1.port, APP_PASSWORD, table, clients=5)
+    seen: dict = {}
+
+    async def old_primary_comes_back():
+        await asyncio.sleep(0.5)
+        # db1 stops following db2 and turns writable, as a restarted old primary whose
+        # config says read_only=OFF would: it looks like a writer, but it is not the fleet's.
+        await asyncio.to_thread(root_sql, db1, "STOP SLAVE")
+        await asyncio.to_thread(root_sql, db1, "RESET SLAVE ALL")
+        await asyncio.to_thread(root_sql, db1, "SET GLOBAL read_only = OFF")
+        seen["writable_at"] = time.monotonic()
+
+        def fenced():
+            roles = {s["name"]: s["role"] for s in r1.status()["servers"]}
+            return roles["db1"] == "fenced" and roles
+
+        seen["roles"] = await asyncio.to_thread(wait_for, fenced, 15, "db1 fenced")
+        seen["read_only"] = await asyncio.to_thread(root_sql, db1, "SELECT @@GLOBAL.read_only")
+
+    asyncio.run(load.run(2, old_primary_comes_back()))
+    assert load.errors() == []
+    assert seen["read_only"] == [(1,)]  # fenced: read_only again
+    assert seen["roles"]["db2"] == "primary"
+    assert r1.status()["upstream"]["current"] == "db2"
+    on_db1 = {row[0] for row in root_sql(db1, f"SELECT id FROM {table}")}
+    on_db2 = {row[0] for row in root_sql(db2, f"SELECT id FROM {table}")}
+    acknowledged = set(load.acknowledged())
+    assert acknowledged and acknowledged <= on_db2
+    # What db1 has, it replicated from db2 before it stopped following: nothing of its own,
+    # and none of the writes acknowledged while it looked writable.
+    assert on_db1 <= on_db2
+    later = {o.row for o in load.outcomes if o.error is None and o.issued >= seen["writable_at"]}
+    assert later and not (later & on_db1)
+    assert r1.status()["fleet"]["epoch"] == 2
 
 
 def test_a_second_change_of_writer_is_refused_naming_the_holder(cluster, processes, tmp_path):
