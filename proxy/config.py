@@ -776,7 +776,8 @@ def _parse_auth(value: object) -> AuthConfig:
     )
 
 
-def _parse_upstream(value: object) -> UpstreamConfig:
+def _parse_upstream(value: object, from_fleet: bool = False) -> UpstreamConfig:
+    """`from_fleet`: a local tier whose remote tiers come from etcd (no servers needed)."""
     allowed = (
         "connect_timeout",
         "health",
@@ -786,7 +787,7 @@ def _parse_upstream(value: object) -> UpstreamConfig:
         "servers",
         "tls",
     )
-    section = _section(value, "upstream", allowed, required=("servers",))
+    section = _section(value, "upstream", allowed, required=() if from_fleet else ("servers",))
     defaults = UpstreamConfig(servers=())
 
     def credentials(key: str) -> Credentials | None:
@@ -795,7 +796,9 @@ def _parse_upstream(value: object) -> UpstreamConfig:
         return _parse_credentials(section[key], f"upstream.{key}")
 
     return UpstreamConfig(
-        servers=_parse_servers(section["servers"], "upstream.servers"),
+        servers=_parse_servers(section["servers"], "upstream.servers")
+        if "servers" in section or not from_fleet
+        else (),
         monitor=credentials("monitor"),
         replication=credentials("replication"),
         connect_timeout=_timeout(
@@ -1132,14 +1135,18 @@ def _parse_config(data: object, allow_zero_port: bool) -> Config:
         raise ConfigError("(top level)", f"expected a mapping of config sections, got {found}")
     data = _secret_files(data)
     assert isinstance(data, dict)
-    section = _section(data, "", _TOP_LEVEL, required=("tier", "listen", "users", "upstream"))
+    section = _section(data, "", _TOP_LEVEL, required=("tier", "listen", "users"))
     tier = _choice(section["tier"], "tier", ("remote", "local"))
+    fleet = _parse_fleet(section.get("fleet"))
+    from_fleet = tier == "local" and fleet is not None
+    if "upstream" not in section and not from_fleet:
+        raise ConfigError("upstream", "missing required key")
     listen = _parse_listen(section["listen"], allow_zero_port)
     admin = _parse_admin(section.get("admin", {}), allow_zero_port)
     for key, address in (("mysql", admin.mysql), ("http", admin.http)):
         if address is not None and address in listen and not _any_port(address):
             raise ConfigError(f"admin.{key}", f"address '{address}' is already used by listen")
-    upstream = _parse_upstream(section["upstream"])
+    upstream = _parse_upstream(section.get("upstream", {}), from_fleet)
     return Config(
         tier="remote" if tier == "remote" else "local",
         listen=listen,
@@ -1152,7 +1159,7 @@ def _parse_config(data: object, allow_zero_port: bool) -> Config:
         pause=_parse_pause(section.get("pause", {})),
         switchover=_parse_switchover(section.get("switchover", {})),
         heartbeat=_parse_heartbeat(section.get("heartbeat")),
-        fleet=_parse_fleet(section.get("fleet")),
+        fleet=fleet,
         failover=_parse_failover(section.get("failover", {}), tier, upstream),
         tls=_parse_client_tls(section.get("tls")),
         auth=_parse_auth(section.get("auth", {})),

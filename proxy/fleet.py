@@ -82,6 +82,8 @@ class Fleet:
         self._registered = asyncio.Event()
         self.holding: str | None = None  # the change of writer this tier holds the lock for
         self.writer: WriterRecord | None = None  # the last reading of the writer record
+        # A local tier without upstream.servers takes its remote tiers from the members.
+        self._follows = tier.config.tier == "local" and not tier.config.upstream.servers
 
     # --- membership ---------------------------------------------------------------------------
 
@@ -140,6 +142,8 @@ class Fleet:
                         await self._lease.refresh()
                     names = await self.read_members()
                     await self.read_writer()
+                if self._follows:
+                    self.tier.follow_fleet(self.members)
                 if self.name not in names:
                     self._lease = None  # our key went (a lease expired while etcd was away)
                     continue
@@ -175,7 +179,11 @@ class Fleet:
 
     def status(self) -> dict[str, Any]:
         age = time.monotonic() - self.members_at if self.members_at else None
+        remotes = self.live("remote")
         return {
+            # The database sees at most this many connections from the fleet's remote tiers
+            # (each has its own pool.max_connections, per server).
+            "remote_connections_cap": sum(m.get("pool_max_connections") or 0 for m in remotes),
             "etcd": self.etcd,
             "cluster": self.config.cluster,
             "name": self.name,

@@ -181,6 +181,7 @@ class ClientSession(asyncio.Protocol):
         "_last_raw",
         "_learning",
         "_long_data",
+        "_move_pending",
         "_next_statement",
         "_paused",
         "_previous",
@@ -273,6 +274,7 @@ class ClientSession(asyncio.Protocol):
         self._queued: QueuedCommand | None = None  # (created the first time a command waits)
         self._handed: ServerConnection | None = None  # from the queue, for the slow path
         self._reserved = False  # the queue granted a slot to open a connection in
+        self._move_pending: str | None = None  # move_to, once the connection is given back
 
     @property
     def database(self) -> str | None:
@@ -1157,6 +1159,9 @@ class ClientSession(asyncio.Protocol):
             self._previous = backend
             backend.detach()
             self.tier.pools.release(backend)
+            if self._move_pending is not None and self.pool_key is not None:
+                self.pool_key = self.pool_key._replace(server=self._move_pending)
+                self._move_pending = None
 
     def _pin(self, reason: str) -> None:
         if self.pinned is None:
@@ -1233,6 +1238,21 @@ class ClientSession(asyncio.Protocol):
             # A pause began while this command waited for a connection: it is new work.
             self.tier.pools.release(conn)
             await self._wait_gate()
+
+    def move_to(self, server: str) -> None:
+        """Send this session's next work to `server` (a local tier spreading its sessions
+        over a remote tier that joined), unless it holds a connection or pinned state."""
+        if self.pinned is not None or self.pool_key is None:
+            return
+        if (
+            self.state == READY
+            and self.backend is None
+            and self._handed is None
+            and not self._reserved
+        ):
+            self.pool_key = self.pool_key._replace(server=server)
+        else:
+            self._move_pending = server  # when it next gives its connection back
 
     async def _choose_server(self, gated: bool, tried: set[str]) -> bool:
         """Before acquiring: wait while there is no writer, follow a moved writer, or leave

@@ -134,21 +134,40 @@ class HealthMonitor:
 
     def __init__(self, tier: Tier) -> None:
         self.tier = tier
-        servers = tier.config.upstream.servers
-        self.servers = {s.name: ServerHealth(s.name) for s in servers}
+        self.servers: dict[str, ServerHealth] = {}
         self.channels: dict[str, MonitorChannel] = {}
-        if tier.config.upstream.monitor is not None:
-            self.channels = {s.name: MonitorChannel(tier, s) for s in servers}
         self._tasks: list[asyncio.Task[None]] = []
+        self._watching: dict[str, asyncio.Task[None]] = {}
 
     @property
     def config(self) -> HealthConfig:
         return self.tier.config.upstream.health
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for server in self.tier.config.upstream.servers:
-            self._tasks.append(loop.create_task(self._watch(server)))
+        for server in self.tier.upstream.servers:
+            self.watch(server)
+
+    def watch(self, server: ServerConfig) -> None:
+        """Probe `server` from now on (at start, or a remote tier that joined the fleet)."""
+        if server.name in self._watching:
+            return
+        self.servers[server.name] = ServerHealth(server.name)
+        if self.tier.config.upstream.monitor is not None:
+            self.channels[server.name] = MonitorChannel(self.tier, server)
+        task = asyncio.get_running_loop().create_task(self._watch(server))
+        self._watching[server.name] = task
+        self._tasks.append(task)
+
+    def unwatch(self, name: str) -> None:
+        """`name` left the fleet: no more probes."""
+        task = self._watching.pop(name, None)
+        if task is not None:
+            task.cancel()
+            self._tasks.remove(task)
+        self.servers.pop(name, None)
+        channel = self.channels.pop(name, None)
+        if channel is not None:
+            channel.drop()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -157,6 +176,7 @@ class HealthMonitor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self._watching.clear()
         for channel in self.channels.values():
             channel.drop()
 

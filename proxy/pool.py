@@ -810,6 +810,17 @@ class PoolManager:
                     self._close(conn)
                 pool.idle.clear()
 
+    def add_server(self, server: ServerConfig) -> None:
+        """A server that joined (a remote tier found in the fleet): it may get connections."""
+        slots = self.servers.get(server.name)
+        if slots is None:
+            self.servers[server.name] = ServerSlots(
+                server, self.config.max_connections, self.shares
+            )
+        else:
+            slots.config = server
+            slots.retired = False
+
     def reinstate(self, server: str) -> None:
         """`server` is the writer (again): its pools may keep connections."""
         self.servers[server].retired = False

@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .backend import ServerConnection, UpstreamError
-from .config import Address, Config, ServerConfig
+from .config import Address, Config, ConfigError, ServerConfig, parse_address
 from .discovery import PROBE_TIMEOUT, Discovery, dialect_of, discover_writer, monitor_connection
 from .failover import Failover
 from .fleet import Fleet, FleetError, WriterRecord
@@ -350,7 +350,49 @@ class Tier:
         self.hold_new_work = self.gate.closed or self.failover.buffering
 
     def server_is_down(self, name: str) -> bool:
-        return name in self.upstream.down
+        """Down by the health probes, or gone (a remote tier that left the fleet)."""
+        return name in self.upstream.down or name not in self.upstream.names
+
+    def follow_fleet(self, members: list[dict]) -> None:
+        """A local tier without upstream.servers: its remote tiers are the fleet's live ones.
+        One that joined gets new sessions at once; one that left gets none: its idle
+        connections close, busy ones when their work ends, sessions move on."""
+        wanted: dict[str, ServerConfig] = {}
+        for member in members:
+            if member.get("tier") != "remote" or not member.get("address"):
+                continue
+            try:
+                address = parse_address(member["address"], "fleet member")
+            except ConfigError:
+                continue
+            wanted[member["name"]] = ServerConfig(member["name"], address)
+        have = {s.name: s for s in self.upstream.servers}
+        if wanted == have:
+            return
+        for name, server in wanted.items():
+            if have.get(name) != server:
+                log.info(
+                    "remote tier %s (%s) joined the fleet: sessions go to it", name, server.address
+                )
+                self.pools.add_server(server)
+        self.upstream.set_servers(list(wanted.values()))
+        joined = [n for n, server in wanted.items() if have.get(n) != server]
+        for name in joined:
+            if self.health is not None:
+                self.health.watch(wanted[name])
+        if joined:
+            # Spread the sessions that hold nothing over all of them now, the new ones
+            # included (a session's state replays on any remote tier).
+            for session in list(self.sessions.values()):
+                server = self.upstream.pick()
+                if server is not None:
+                    session.move_to(server.name)
+        for name in have.keys() - wanted.keys():
+            log.info("remote tier %s left the fleet: no new work goes to it", name)
+            if self.health is not None:
+                self.health.unwatch(name)
+            self.upstream.down.discard(name)
+            self.pools.retire(name)
 
     def server_down(self, name: str, why: str) -> None:
         """The health probes found `name` not answering: stop sending it work now.
@@ -527,8 +569,13 @@ class Tier:
         """Stop accepting, let running commands finish (up to drain_timeout), close the rest."""
         self.accepting = False
         if self.fleet is not None:  # first: a switchover must not count on a leaving tier
-            await self.fleet.stop()
+            leaving = self.fleet
+            await leaving.stop()
             self.fleet = None
+            if self.config.tier == "remote":
+                # Local tiers read the members three times per lease: give them that long
+                # to stop sending new work here before idle sessions are closed.
+                await asyncio.sleep(min(leaving.config.lease_ttl / 3 + 0.2, 3.0))
         if self.heartbeat is not None:
             await self.heartbeat.stop()
             self.heartbeat = None

@@ -50,10 +50,12 @@ class Upstream:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.servers = config.upstream.servers
+        # A local tier on a fleet without upstream.servers takes them from etcd (set_servers).
+        self.servers: list[ServerConfig] = list(config.upstream.servers)
+        self.names = {s.name for s in self.servers}
         # A remote tier with a monitor account replaces this by writer discovery at start;
         # None means there is no clear writer, and statements are refused meanwhile.
-        self.current: ServerConfig | None = self.servers[0]
+        self.current: ServerConfig | None = self.servers[0] if self.servers else None
         self.writer_problem: str | None = None
         self.roles: dict[str, str] = {}  # what writer discovery last saw, by server name
         self.probes: dict[str, ServerRole] = {}  # and in detail
@@ -65,6 +67,13 @@ class Upstream:
         tls = config.upstream.tls
         self.tls_context = client_context(tls) if tls.mode != "disabled" else None
         self._turn = 0
+
+    def set_servers(self, servers: list[ServerConfig]) -> None:
+        """The remote tiers the fleet has now (a local tier following etcd)."""
+        self.servers = list(servers)
+        self.names = {s.name for s in servers}
+        if self.current is None or self.current.name not in self.names:
+            self.current = self.servers[0] if self.servers else None
 
     def server(self, name: str) -> ServerConfig:
         for server in self.servers:
@@ -114,6 +123,10 @@ class Upstream:
         return self.greeting
 
     async def _probe(self) -> Greeting:
+        if not self.servers:
+            raise errors.upstream_unreachable(
+                "(none)", "-", "no remote tier in the fleet yet (fleet.etcd)"
+            )
         server = self.current or self.servers[0]  # versions agree across a cluster
         conn = await self.open(server)
         try:

@@ -57,6 +57,7 @@ class TierProcess:
         config.setdefault("listen", [f"{host}:{self.port}"])
         admin = dict(config.get("admin", {}))
         admin.setdefault("http", f"{host}:{self.admin_port}")
+        self.admin_port = int(str(admin["http"]).rsplit(":", 1)[1])
         admin.setdefault("token", "fault-token")
         config["admin"] = admin
         config.setdefault("log", {"level": "info"})
@@ -82,12 +83,17 @@ class TierProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited at start:\n{self.log()[-3000:]}")
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                if s.connect_ex((self.host, self.port)) == 0:
-                    return self
+            # Ready once both the listener and the admin endpoint (it starts a moment later)
+            # accept connections.
+            if all(self._accepts(port) for port in (self.port, self.admin_port)):
+                return self
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} does not listen on {self.address}:\n{self.log()[-3000:]}")
+
+    def _accepts(self, port: int) -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            return s.connect_ex((self.host, port)) == 0
 
     @property
     def pid(self) -> int:

@@ -300,3 +300,63 @@ def test_with_etcd_gone_tiers_serve_on_and_a_switchover_says_why_it_cannot(
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: r1.status()["fleet"]["etcd"] == "ok", 10, "etcd back")
     assert members(r1) == ["remote1"]
+
+
+def test_a_local_tier_follows_remote_tiers_as_they_join_and_leave_under_load(
+    cluster, processes, tmp_path
+):
+    """The elastic remote layer: a local tier with fleet.etcd and no upstream.servers spreads
+    its sessions over the live remote tiers in etcd; a new one gets work within seconds, one
+    that leaves (SIGTERM) stops getting it, and no client sees an error either way."""
+    name = f"c{uuid.uuid4().hex[:6]}"
+    table = f"app.elastic_{uuid.uuid4().hex[:8]}"
+    sandbox_mod.sql(cluster.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    remote(cluster, tmp_path, "remote1", name, processes)
+    r2 = remote(cluster, tmp_path, "remote2", name, processes)
+    config = {
+        "tier": "local",
+        "users": [{"name": "app", "password": APP_PASSWORD}],
+        "pool": {"max_connections": 24, "acquire_timeout": "20s"},
+        "fleet": fleet_section(cluster, name, "local1"),
+    }
+    l1 = TierProcess(tmp_path, "local1", config)
+    processes.append(l1)
+    l1.start()
+
+    def servers(proc: TierProcess) -> list[str] | None:
+        try:
+            return sorted(s["name"] for s in proc.status()["servers"])
+        except OSError:
+            return None
+
+    wait_for(lambda: servers(l1) == ["remote1", "remote2"], 5, "the local tier's remote tiers")
+    load = Load("127.0.0.1", l1.port, APP_PASSWORD, table, clients=12)
+    seen: dict = {}
+
+    async def elastic():
+        await asyncio.sleep(1.0)
+        r3 = await asyncio.to_thread(remote, cluster, tmp_path, "remote3", name, processes)
+        seen["joined"] = time.monotonic()
+
+        def busy(proc):
+            try:
+                return sum(p["active"] + p["idle"] for p in proc.status()["pools"]) > 0
+            except OSError:
+                return False
+
+        await asyncio.to_thread(wait_for, lambda: busy(r3), 10, "remote3 gets work")
+        seen["r3_busy_after"] = time.monotonic() - seen["joined"]
+        await asyncio.to_thread(r2.stop)  # SIGTERM: it leaves the fleet, then drains
+        seen["left"] = time.monotonic()
+        await asyncio.to_thread(
+            wait_for, lambda: servers(l1) == ["remote1", "remote3"], 5, "remote2 gone"
+        )
+        await asyncio.sleep(1.0)
+
+    asyncio.run(load.run(2, elastic()))
+    assert load.errors() == [], load.errors()[:5]
+    assert seen["r3_busy_after"] < 10
+    after = [o for o in load.outcomes if o.issued >= seen["left"] + 1]
+    assert after and all(o.error is None for o in after)
+    status = l1.status()
+    assert status["fleet"]["remote_connections_cap"] == 40  # remote1 + remote3, 20 each

@@ -235,7 +235,7 @@ class TierCollector:
         )
         current = tier.upstream.current
         if tier.config.tier == "remote":
-            for server in tier.config.upstream.servers:
+            for server in tier.upstream.servers:
                 writer.add_metric([server.name], int(server == current))
         yield writer
 

@@ -70,7 +70,7 @@ def pool_rows(tier: Tier) -> list[PoolRow]:
     # active, idle, waiting, max_wait, oldest wait, longest idle transaction
     totals: dict[tuple[str, str], list[float]] = {
         (server.name, user.name): [0, 0, 0, 0.0, 0.0, 0.0]
-        for server in tier.config.upstream.servers
+        for server in tier.upstream.servers
         for user in tier.config.users
     }
     for key, pool in tier.pools.pools.items():
@@ -131,7 +131,7 @@ def client_rows(tier: Tier) -> list[ClientRow]:
 
 def server_rows(tier: Tier) -> list[ServerRow]:
     out = []
-    for server in tier.config.upstream.servers:
+    for server in tier.upstream.servers:
         slots = tier.pools.servers.get(server.name)
         probe = tier.upstream.probes.get(server.name)
         if probe is None:
