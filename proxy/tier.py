@@ -302,6 +302,11 @@ class Tier:
         for role in found.roles:  # (read_only=OFF is enough: it accepts writes)
             if role.server != writer and role.problem is None and role.read_only is False:
                 await self._fence(role.server, record)
+        answer = next((r for r in found.roles if r.server == writer), None)
+        if answer is None or answer.problem is not None:
+            # The fleet's writer did not answer: keep what we have (its connections report
+            # their own failures); failover buffering goes on looking.
+            return None
         if writer != current and not found.demoted(writer):
             log.warning(
                 "following the fleet's writer %s (epoch %d)%s",

@@ -360,3 +360,44 @@ def test_a_local_tier_follows_remote_tiers_as_they_join_and_leave_under_load(
     assert after and all(o.error is None for o in after)
     status = l1.status()
     assert status["fleet"]["remote_connections_cap"] == 40  # remote1 + remote3, 20 each
+
+
+def test_a_dead_primary_promoted_from_outside_and_retargeted_is_recorded_not_fenced(
+    cluster, processes, tmp_path
+):
+    """With a fleet, an orchestrator's promotion reaches sluice through RETARGET (its
+    post-takeover hook): the record moves to the new primary at the next epoch, so no tier
+    fences it; until then commands wait for a writer (the record's dead writer is not one)."""
+    name = f"c{uuid.uuid4().hex[:6]}"
+    table = f"app.dead_{uuid.uuid4().hex[:8]}"
+    sandbox_mod.sql(cluster.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    sandbox_mod.wait_replicas_caught_up(cluster)
+    r1 = remote(cluster, tmp_path, "remote1", name, processes)
+    wait_for(lambda: (r1.status().get("fleet") or {}).get("epoch") == 1, 10, "writer recorded")
+    db1, db2 = cluster.server("db1"), cluster.server("db2")
+    load = Load("127.0.0.1", r1.port, APP_PASSWORD, table, clients=8)
+    seen: dict = {}
+
+    async def primary_dies():
+        await asyncio.sleep(0.7)
+        sandbox_mod.wait_replicas_caught_up(cluster)
+        os.kill(db1.pid, signal.SIGKILL)
+        seen["killed"] = time.monotonic()
+        await asyncio.sleep(1.5)  # the orchestrator notices and promotes db2
+        for statement in ("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = OFF"):
+            await asyncio.to_thread(root_sql, db2, statement)
+        seen["promoted"] = time.monotonic()
+        seen["retarget"] = await asyncio.to_thread(ctl, r1, "retarget", "--to", "db2")
+        await asyncio.sleep(1.5)
+
+    asyncio.run(load.run(2, primary_dies()))
+    assert seen["retarget"].returncode == 0, seen["retarget"].stdout + seen["retarget"].stderr
+    late = load.errors(issued_after=seen["killed"] + 0.5)
+    assert late == [], late[:5]  # they waited for the writer instead of failing
+    status = r1.status()
+    assert (status["fleet"]["primary"], status["fleet"]["epoch"]) == ("db2", 2)
+    roles = {s["name"]: s["role"] for s in status["servers"]}
+    assert roles["db2"] == "primary"
+    assert root_sql(db2, "SELECT @@GLOBAL.read_only") == [(0,)]  # not fenced
+    after = [o for o in load.outcomes if o.error is None and o.issued > seen["promoted"]]
+    assert after

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ..fleet import FleetError
 from ..switchover import Switchover, SwitchoverFailed
 
 if TYPE_CHECKING:
@@ -61,6 +62,25 @@ def retarget(tier: Tier, target: str) -> tuple[str | None, str]:
             was.name if was is not None else "nobody",
         )
     return (was.name if was is not None else None), server.name
+
+
+async def retarget_by_request(tier: Tier, target: str) -> tuple[str | None, str]:
+    """RETARGET TO / POST /retarget: with fleet.etcd, first record `target` as the fleet's
+    writer at the next epoch (under the fleet's lock), so that no tier fences the server an
+    orchestrator just promoted; then retarget."""
+    fleet = tier.fleet
+    if fleet is not None and tier.config.tier == "remote":
+        server = _server(tier, target)
+        try:
+            async with fleet.lock(f"retarget to {server.name}"):
+                record = await fleet.read_writer()
+                if record is None:
+                    await fleet.first_writer(server.name)
+                elif record.server != server.name:
+                    await fleet.move_writer(server.name, record)
+        except FleetError as exc:
+            raise ControlRefused(f"sluice: retarget to {server.name}: {exc}") from None
+    return retarget(tier, target)
 
 
 def _server(tier: Tier, target: str) -> ServerConfig:

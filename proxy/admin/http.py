@@ -403,7 +403,7 @@ class HttpAdmin:
     async def _retarget(self, query: dict[str, list[str]]) -> Response:
         target = query.get("to", [""])[-1]
         try:
-            was, now = control.retarget(self.tier, target)
+            was, now = await control.retarget_by_request(self.tier, target)
         except control.ControlRefused as exc:
             return Response.json(409, {"error": str(exc)})
         return Response.json(200, {"retargeted": True, "was": was, "current": now})

@@ -310,7 +310,7 @@ class AdminSession(Session):
 
     async def _retarget(self, match: re.Match[str]) -> AllowedResult:
         try:
-            was, now = control.retarget(self.tier, _name(match["retarget"]))
+            was, now = await control.retarget_by_request(self.tier, _name(match["retarget"]))
         except control.ControlRefused as exc:
             raise MysqlError(str(exc), ER_UNKNOWN_ERROR) from None  # type: ignore[arg-type]
         return [(was, now)], RETARGET_COLUMNS
