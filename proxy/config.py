@@ -364,6 +364,7 @@ class FailoverConfig:
     mode: Literal["off", "buffer", "auto"] = "off"  # default: buffer when a monitor is set
     buffer_window: float = 10.0  # the longest a command waits for a writer; then an error
     max_buffered: int = 10000  # commands waiting at once; more get an error at once
+    min_interval: float = 60.0  # mode auto: no second automatic failover sooner than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -937,8 +938,10 @@ def _parse_pause(value: object) -> PauseConfig:
     )
 
 
-def _parse_failover(value: object, tier: str, upstream: UpstreamConfig) -> FailoverConfig:
-    section = _section(value, "failover", ("buffer_window", "max_buffered", "mode"))
+def _parse_failover(
+    value: object, tier: str, upstream: UpstreamConfig, with_fleet: bool = False
+) -> FailoverConfig:
+    section = _section(value, "failover", ("buffer_window", "max_buffered", "min_interval", "mode"))
     d = FailoverConfig()
     default_mode = "buffer" if tier == "remote" and upstream.monitor is not None else "off"
     mode = _choice(section.get("mode", default_mode), "failover.mode", ("off", "buffer", "auto"))
@@ -951,14 +954,21 @@ def _parse_failover(value: object, tier: str, upstream: UpstreamConfig) -> Failo
             "failover.mode",
             f"{mode!r} needs upstream.monitor (the account that finds the new writer)",
         )
-    if mode == "auto":
+    if mode == "auto" and not with_fleet:
         raise ConfigError(
             "failover.mode",
-            "'auto' needs fleet.etcd, which this version does not have yet; use 'buffer' "
-            "with an outside orchestrator (see deploy/hooks)",
+            "'auto' needs fleet.etcd (one tier of the fleet promotes, under the fleet's lock); "
+            "without it use 'buffer' with an outside orchestrator (see deploy/hooks)",
+        )
+    if mode == "auto" and upstream.replication is None:
+        raise ConfigError(
+            "failover.mode", "'auto' needs upstream.replication (what replicas log in with)"
         )
     return FailoverConfig(
-        mode="buffer" if mode == "buffer" else "off",
+        mode=mode,  # type: ignore[arg-type]
+        min_interval=_timeout(
+            section.get("min_interval", d.min_interval), "failover.min_interval", positive=False
+        ),
         buffer_window=_timeout(
             section.get("buffer_window", d.buffer_window), "failover.buffer_window", positive=True
         ),
@@ -1160,7 +1170,7 @@ def _parse_config(data: object, allow_zero_port: bool) -> Config:
         switchover=_parse_switchover(section.get("switchover", {})),
         heartbeat=_parse_heartbeat(section.get("heartbeat")),
         fleet=fleet,
-        failover=_parse_failover(section.get("failover", {}), tier, upstream),
+        failover=_parse_failover(section.get("failover", {}), tier, upstream, fleet is not None),
         tls=_parse_client_tls(section.get("tls")),
         auth=_parse_auth(section.get("auth", {})),
     )
@@ -1344,6 +1354,7 @@ def config_to_dict(cfg: Config, redact: bool = True) -> dict[str, object]:
             "mode": cfg.failover.mode,
             "buffer_window": cfg.failover.buffer_window,
             "max_buffered": cfg.failover.max_buffered,
+            "min_interval": cfg.failover.min_interval,
         },
         "switchover": {
             "peers": [str(address) for address in cfg.switchover.peers],

@@ -104,6 +104,9 @@ class Failover:
             self.config.buffer_window,
         )
         self._task = loop.create_task(self._search())
+        auto = self.tier.auto_failover
+        if auto is not None:
+            auto.start(self.current.lost)
         return True
 
     async def wait(self) -> None:
@@ -218,4 +221,5 @@ class Failover:
             "buffered": self.waiting,
             "current": self.current.as_dict() if self.current is not None else None,
             "last": last.as_dict() if last is not None else None,
+            "auto_last": self.tier.auto_failover.last if self.tier.auto_failover else None,
         }

@@ -302,6 +302,23 @@ class Fleet:
         log.info("the fleet's writer is %s (epoch %d)", server, record.epoch)
         return record
 
+    async def read_key(self, name: str) -> dict[str, Any] | None:
+        """A JSON record of the fleet's (e.g. last_failover), or None."""
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                got = await (await self._connect()).get(f"{self.prefix}{name}".encode())
+        except Exception as exc:
+            raise FleetError(f"etcd is unreachable ({_why(exc)})") from exc
+        return None if got is None else json.loads(got.value)
+
+    async def write_key(self, name: str, value: dict[str, Any]) -> None:
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                client = await self._connect()
+                await client.put(f"{self.prefix}{name}".encode(), json.dumps(value).encode())
+        except Exception as exc:
+            raise FleetError(f"etcd is unreachable ({_why(exc)})") from exc
+
     # --- the connection -----------------------------------------------------------------------
 
     def _endpoint_text(self) -> str:

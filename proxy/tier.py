@@ -20,6 +20,7 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
+from .autofailover import AutoFailover
 from .backend import ServerConnection, UpstreamError
 from .config import Address, Config, ConfigError, ServerConfig, parse_address
 from .discovery import PROBE_TIMEOUT, Discovery, dialect_of, discover_writer, monitor_connection
@@ -88,6 +89,7 @@ class Tier:
         self.heartbeat: Heartbeat | None = None
         self.fleet: Fleet | None = None  # membership in etcd (fleet.etcd)
         self.fenced: dict[str, int] = {}  # servers fenced (writable, not the fleet's writer)
+        self.auto_failover = AutoFailover(self) if config.failover.mode == "auto" else None
         self.writer_generation = 0  # counts retargets (see check_writer)
         self.switchover: Switchover | None = None  # the one running on this tier, if any
         self.switchovers: collections.deque[Switchover] = collections.deque(
@@ -319,8 +321,8 @@ class Tier:
             problem = f"the fleet's writer {writer.name} (epoch {record.epoch}) is not writable"
             if problem != self.upstream.writer_problem:
                 log.error("writer check: %s", problem)
-            self.retarget(None, problem)
             self.failover.writer_lost(problem)
+            self.retarget(None, problem)
             return None
         return writer
 
@@ -588,6 +590,8 @@ class Tier:
             await self.health.stop()
             self.health = None
         self.failover.stop()
+        if self.auto_failover is not None:
+            self.auto_failover.stop()
         for server in self._servers:
             server.close()
         for session in list(self.sessions.values()):

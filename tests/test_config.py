@@ -750,3 +750,22 @@ def test_the_fleet_section_is_validated() -> None:
     assert refused(data).startswith("fleet.cluster: expected letters")
     data["fleet"] = {"cluster": "main"}
     assert "fleet.etcd" in refused(data)
+
+
+def test_automatic_failover_needs_a_fleet_and_a_replication_account() -> None:
+    data = minimal()
+    data["tier"] = "remote"
+    data["upstream"] = {
+        "servers": [{"name": "db1", "address": "10.0.0.21:3306"}],
+        "monitor": {"user": "sluice", "password": "m"},
+    }
+    data["failover"] = {"mode": "auto"}
+    assert refused(data).startswith("failover.mode: 'auto' needs fleet.etcd")
+    data["fleet"] = {"etcd": ["127.0.0.1:2379"]}
+    assert refused(data) == (
+        "failover.mode: 'auto' needs upstream.replication (what replicas log in with)"
+    )
+    data["upstream"]["replication"] = {"user": "repl", "password": "r"}
+    data["failover"]["min_interval"] = "2m"
+    cfg = parse_config(data)
+    assert cfg.failover.mode == "auto" and cfg.failover.min_interval == 120.0

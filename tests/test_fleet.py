@@ -53,7 +53,7 @@ def fleet_section(sb, cluster: str, name: str) -> dict:
     return {"etcd": [sb.etcd], "cluster": cluster, "name": name, "lease_ttl": TTL}
 
 
-def remote(sb, work: Path, name: str, cluster: str, processes: list) -> TierProcess:
+def remote(sb, work: Path, name: str, cluster: str, processes: list, **extra) -> TierProcess:
     config = {
         "tier": "remote",
         "users": [{"name": "app", "password": APP_PASSWORD}],
@@ -66,6 +66,11 @@ def remote(sb, work: Path, name: str, cluster: str, processes: list) -> TierProc
         "pause": {"drain_timeout": "2s", "max_pause": "20s"},
         "fleet": fleet_section(sb, cluster, name),
     }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
     proc = TierProcess(work, name, config)
     processes.append(proc)
     return proc.start()
@@ -401,3 +406,85 @@ def test_a_dead_primary_promoted_from_outside_and_retargeted_is_recorded_not_fen
     assert root_sql(db2, "SELECT @@GLOBAL.read_only") == [(0,)]  # not fenced
     after = [o for o in load.outcomes if o.error is None and o.issued > seen["promoted"]]
     assert after
+
+
+@pytest.fixture
+def semisync_cluster(tmp_path_factory):
+    path = short_tmp_dir(tmp_path_factory, "auto")
+    sb = sandbox_mod.up(path, replicas=2, max_connections=300, etcd=True, semi_sync=True)
+    try:
+        yield sb
+    finally:
+        sandbox_mod.down(path)
+
+
+def test_a_dead_primary_fails_over_by_itself_once_with_no_error_and_nothing_lost(
+    semisync_cluster, processes, tmp_path
+):
+    """failover.mode auto: kill -9 of the primary under load gives exactly one promotion,
+    the same new epoch on every tier, no error for commands issued after the kill, every
+    acknowledged write on the new primary, and the other replica following it."""
+    sb = semisync_cluster
+    name = f"c{uuid.uuid4().hex[:6]}"
+    table = f"app.auto_{uuid.uuid4().hex[:8]}"
+    sandbox_mod.sql(sb.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    sandbox_mod.wait_replicas_caught_up(sb)
+    remotes = [
+        remote(
+            sb,
+            tmp_path,
+            tier_name,
+            name,
+            processes,
+            failover={"mode": "auto", "buffer_window": "20s", "min_interval": "60s"},
+            upstream={"health": {"interval": "200ms", "timeout": "500ms"}},
+        )
+        for tier_name in ("remote1", "remote2")
+    ]
+    l1 = local(sb, tmp_path, remotes, name, processes)
+    for proc in remotes:
+        wait_for(
+            lambda proc=proc: (proc.status().get("fleet") or {}).get("epoch") == 1,
+            10,
+            f"{proc.name} reads the writer",
+        )
+    db1 = sb.server("db1")
+    load = Load("127.0.0.1", l1.port, APP_PASSWORD, table, clients=10)
+    seen: dict = {}
+
+    async def primary_dies():
+        await asyncio.sleep(1.0)
+        os.kill(db1.pid, signal.SIGKILL)
+        seen["killed"] = time.monotonic()
+
+        def recorded():
+            epochs = {
+                (p.status()["fleet"]["primary"], p.status()["fleet"]["epoch"]) for p in remotes
+            }
+            return len(epochs) == 1 and next(iter(epochs))[1] == 2 and epochs
+
+        seen["epochs"] = await asyncio.to_thread(wait_for, recorded, 20, "one new epoch")
+        seen["recorded"] = time.monotonic()
+        await asyncio.sleep(1.5)
+
+    asyncio.run(load.run(2, primary_dies()))
+    ((primary, epoch),) = seen["epochs"]
+    assert primary in ("db2", "db3") and epoch == 2
+    late = load.errors(issued_after=seen["killed"] + 0.2)
+    assert late == [], late[:5]
+    logs = "".join(p.log() for p in remotes)
+    assert logs.count("automatic failover from db1: promoted") == 1, logs[-3000:]
+    new = sb.server(primary)
+    other = sb.server("db3" if primary == "db2" else "db2")
+    stored = {row[0] for row in root_sql(new, f"SELECT id FROM {table}")}
+    acknowledged = set(load.acknowledged())
+    assert acknowledged and acknowledged <= stored  # nothing acknowledged was lost
+    conn = pymysql.connect(
+        host=other.host, port=other.port, user="root", password="root-pass",
+        cursorclass=pymysql.cursors.DictCursor,
+    )  # fmt: skip
+    with conn.cursor() as cur:
+        cur.execute("SHOW SLAVE STATUS")
+        row = cur.fetchone()
+    conn.close()
+    assert row["Master_Port"] == new.port and row["Slave_IO_Running"] == "Yes"
