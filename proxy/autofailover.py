@@ -150,11 +150,15 @@ class AutoFailover:
             if not dialect.reached(answer.rows[0][0] if answer.rows else None):
                 return f"refused: {candidate.name} did not apply its relay log within {timeout:g}s"
             moved = await fleet.move_writer(candidate.name, record)
+            # Semi-sync follows the writer: what the dead primary had at its last probe.
+            probe = tier.upstream.probes.get(lost.name)
+            semi_sync = (probe.semi_sync if probe is not None else None) or {}
             async with asyncio.timeout(timeout + 5):
                 for statement in (
                     dialect.stop_replication,
                     dialect.reset_replication,
                     *dialect.read_only_off(),
+                    *dialect.semi_sync_primary(semi_sync),
                 ):
                     await conn.query(statement)
         finally:
@@ -175,6 +179,7 @@ class AutoFailover:
                         for statement in (
                             dialect.stop_replication,
                             *dialect.follow(host, port, repl.user, repl.password, demote=False),
+                            *dialect.semi_sync_replica(semi_sync, was_primary=False),
                             dialect.start_replication,
                         ):
                             await peer.query(statement)

@@ -116,6 +116,15 @@ class Dialect:
     def is_read_only(self, value: str | None) -> bool:
         return value not in ("0", "OFF")
 
+    semi_sync_query: str | None = None
+    """The semi-sync variables (None: sluice does not move semi-sync for this server)."""
+
+    def semi_sync_primary(self, settings: dict[str, str]) -> list[str]:
+        return []
+
+    def semi_sync_replica(self, settings: dict[str, str], *, was_primary: bool) -> list[str]:
+        return []
+
 
 class MariaDB(Dialect):
     name = "mariadb"
@@ -137,6 +146,33 @@ class MariaDB(Dialect):
 
     def read_only_off(self) -> list[str]:
         return ["SET GLOBAL read_only = OFF"]
+
+    semi_sync_query = "SHOW GLOBAL VARIABLES LIKE 'rpl\\_semi\\_sync\\_%'"
+
+    def semi_sync_primary(self, settings: dict[str, str]) -> list[str]:
+        """What makes the new primary wait for replicas as the old one did (`settings`:
+        the old primary's rpl_semi_sync_* variables); nothing when it did not."""
+        if settings.get("rpl_semi_sync_master_enabled", "OFF").upper() != "ON":
+            return []
+        out = ["SET GLOBAL rpl_semi_sync_master_enabled = ON"]
+        point = settings.get("rpl_semi_sync_master_wait_point", "").upper()
+        if point in ("AFTER_SYNC", "AFTER_COMMIT"):
+            out.append(f"SET GLOBAL rpl_semi_sync_master_wait_point = {point}")
+        timeout = settings.get("rpl_semi_sync_master_timeout", "")
+        if timeout.isdigit():
+            out.append(f"SET GLOBAL rpl_semi_sync_master_timeout = {int(timeout)}")
+        return out
+
+    def semi_sync_replica(self, settings: dict[str, str], *, was_primary: bool) -> list[str]:
+        """What makes a replica of the new primary acknowledge as semi-sync replicas did
+        (before START SLAVE: the IO thread reads it when it starts); the old primary also
+        stops waiting for acknowledgements itself."""
+        if settings.get("rpl_semi_sync_master_enabled", "OFF").upper() != "ON":
+            return []
+        out = ["SET GLOBAL rpl_semi_sync_slave_enabled = ON"]
+        if was_primary:
+            out.append("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+        return out
 
     def wait_for_position(self, position: str, timeout: float) -> str:
         # 0: reached; -1: timed out.

@@ -37,6 +37,7 @@ class ServerRole:
     replicating: bool | None = None
     problem: str | None = None
     lag: float | None = None  # a replica's own Seconds_Behind_Master, when it reports one
+    semi_sync: dict[str, str] | None = None  # its rpl_semi_sync_* variables (MariaDB)
 
     @property
     def writer(self) -> bool:
@@ -94,6 +95,10 @@ async def probe(
                 dialect = dialect_of(conn)
                 read_only = (await conn.query("SELECT @@GLOBAL.read_only")).rows[0][0]
                 replicas = await conn.query(dialect.replica_status_query)
+                semi_sync = None
+                if dialect.semi_sync_query is not None:
+                    rows = (await conn.query(dialect.semi_sync_query)).rows
+                    semi_sync = {str(name): str(value) for name, value in rows}
             finally:
                 conn.close()
     except TimeoutError:
@@ -109,6 +114,7 @@ async def probe(
         read_only=dialect.is_read_only(read_only),
         replicating=bool(replicas.rows),
         lag=max(lags) if lags else None,
+        semi_sync=semi_sync,
     )
 
 

@@ -107,6 +107,7 @@ class Switchover:
         self._conns: dict[str, ServerConnection] = {}
         self._undo: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         self.epoch: int | None = None  # the fleet's writer epoch this switchover recorded
+        self._semi_sync: dict[str, str] | None = None  # the old primary's, read at promotion
         self._dialect: Dialect | None = None
         self._peers: list[Peer] = []
         self._paused_once = False
@@ -308,6 +309,7 @@ class Switchover:
             src = await self._connect(source, monitor)
             tgt = await self._connect(target, monitor)
             self._dialect = dialect = dialect_of(src)
+            await self._semi_sync_of(source)  # (before the pause: read, not changed)
             if dialect_of(tgt).name != dialect.name:
                 raise SwitchoverFailed(
                     f"{source.name} and {target.name} are different kinds of server"
@@ -481,6 +483,29 @@ class Switchover:
             self._undo.clear()  # promoted: from here on the only way is forward
             self._promoted = True
             step.detail = f"{target.name} is writable and replicates from nobody"
+            semi_sync = await self._semi_sync_of(source)
+            try:  # semi-sync follows the writer (best effort: the switchover is done)
+                for statement in dialect.semi_sync_primary(semi_sync):
+                    await self._query(conn, statement)
+                if dialect.semi_sync_primary(semi_sync):
+                    step.detail += "; it waits for semi-sync replicas as the old primary did"
+            except (ClientError, UpstreamError, ProtocolError, OSError, TimeoutError) as exc:
+                self.warnings.append(f"semi-sync not set up on {target.name}: {_why(exc)}")
+
+    async def _semi_sync_of(self, server: ServerConfig) -> dict[str, str]:
+        """`server`'s rpl_semi_sync_* variables (what the new writer and replicas take on)."""
+        if self._semi_sync is None:
+            self._semi_sync = {}
+            assert self._dialect is not None
+            query = self._dialect.semi_sync_query
+            conn = self._conns.get(server.name)
+            if query is not None and conn is not None:
+                try:
+                    rows = (await self._query(conn, query)).rows
+                    self._semi_sync = {str(name): str(value) for name, value in rows}
+                except (ClientError, UpstreamError, ProtocolError, OSError, TimeoutError):
+                    pass
+        return self._semi_sync
 
     async def _resume_fleet(self, target: ServerConfig | None) -> None:
         """Resume every tier (all peers: one whose pause timed out may be paused anyway).
@@ -531,7 +556,8 @@ class Switchover:
                         repl.password,
                         demote=demote,
                     )
-                    for statement in [*follow, dialect.start_replication]:
+                    semi_sync = dialect.semi_sync_replica(self._semi_sync or {}, was_primary=demote)
+                    for statement in [*follow, *semi_sync, dialect.start_replication]:
                         await self._query(conn, statement)
                     await self._replicating(conn, server)
                     done.append(server.name)

@@ -576,3 +576,49 @@ def test_a_retarget_ends_open_transactions_there_and_moves_queued_clients(cluste
         rows = sandbox_mod.sql(sb.server("db2"), "SELECT id FROM app.t WHERE id IN (21, 22)")
         assert rows == []  # nothing of it was committed anywhere
         queued.close()
+
+
+def test_semi_sync_follows_the_writer(cluster):
+    """The new primary waits for semi-sync replicas as the old one did, and every server
+    that now replicates from it (the old primary included) acknowledges as a semi-sync
+    replica: a lossless cluster stays lossless after the switchover."""
+    sb = cluster
+    sandbox_mod.sql(
+        sb.server("db1"),
+        "SET GLOBAL rpl_semi_sync_master_enabled = ON;"
+        "SET GLOBAL rpl_semi_sync_master_wait_point = AFTER_SYNC;"
+        "SET GLOBAL rpl_semi_sync_master_timeout = 4000",
+    )
+    for name in ("db2", "db3"):
+        sandbox_mod.sql(
+            sb.server(name),
+            "SET GLOBAL rpl_semi_sync_slave_enabled = ON; STOP SLAVE IO_THREAD;"
+            "START SLAVE IO_THREAD",
+        )
+
+    def variables(name: str) -> dict[str, str]:
+        rows = sandbox_mod.sql(sb.server(name), "SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync_%'")
+        return {row[0]: row[1] for row in rows}
+
+    with TierThread(remote_config(sb)) as tier:
+        [record] = admin_sql(tier, "SWITCHOVER TO 'db2'")
+        assert record["outcome"] == "done", record
+        assert record["warnings"] is None, record
+    new = variables("db2")
+    assert new["rpl_semi_sync_master_enabled"] == "ON"
+    assert new["rpl_semi_sync_master_wait_point"] == "AFTER_SYNC"
+    assert new["rpl_semi_sync_master_timeout"] == "4000"
+    old = variables("db1")
+    assert old["rpl_semi_sync_slave_enabled"] == "ON"
+    assert old["rpl_semi_sync_master_enabled"] == "OFF"
+    assert variables("db3")["rpl_semi_sync_slave_enabled"] == "ON"
+    wait_following(sb, "db2")
+    deadline = time.monotonic() + 10
+    while True:  # both replicas connected to it as semi-sync replicas
+        status = sandbox_mod.sql(
+            sb.server("db2"), "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'"
+        )
+        if int(status[0][1]) == 2:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
