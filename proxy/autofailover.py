@@ -125,7 +125,9 @@ class AutoFailover:
         assert fleet is not None
         config = tier.config
         record = await fleet.read_writer()
-        if record is None or record.server != lost.name:
+        if record is None:  # (a fleet younger than its first writer check): we hold the lock
+            record = await fleet.first_writer(lost.name)
+        if record.server != lost.name:
             now = record.server if record else "nobody"
             return f"done elsewhere: the fleet's writer is {now}"
         last = await fleet.read_key("last_failover")

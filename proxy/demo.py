@@ -9,13 +9,21 @@ tier's connection counts as sampled while the load ran and the switchover's paus
 acknowledged write is read back from the final primary at the end, so "lost writes" is
 measured, not assumed. The app clients speak the MySQL protocol with sluice's own client code
 (no test-only drivers needed), over real sockets.
+
+Act two is the unplanned part, on a fleet: the sandbox's etcd, two remote tiers registered
+in it, a local tier that takes its remote tiers from etcd. Under load a third remote tier
+joins and gets sessions, then the primary is killed with kill -9 and the fleet promotes the
+replica by itself (failover.mode auto, semi-sync): the report shows the failover, the epoch
+every tier follows, errors for commands issued after the kill (none) and lost writes (none).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import statistics
 import tempfile
 from dataclasses import dataclass, field
@@ -42,9 +50,11 @@ class Tally:
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     acknowledged: list[int] = field(default_factory=list)
+    error_times: list[float] = field(default_factory=list)  # loop time each error came
 
     def error(self, text: str) -> None:
         self.errors[text] = self.errors.get(text, 0) + 1
+        self.error_times.append(asyncio.get_running_loop().time())
 
 
 @dataclass
@@ -58,7 +68,12 @@ class Peaks:
 
 
 async def app_client(
-    n: int, address: Address, credential: Credential, until: float, tally: Tally
+    n: int,
+    address: Address,
+    credential: Credential,
+    until: float,
+    tally: Tally,
+    issued: dict[int, float] | None = None,
 ) -> None:
     """One app connection: insert a row, read it back, repeat until `until`."""
     try:
@@ -74,6 +89,8 @@ async def app_client(
             i += 1
             key = n * 1_000_000 + i
             started = loop.time()
+            if issued is not None:
+                issued[key] = started
             try:
                 await conn.query(
                     f"INSERT INTO events (id, client, payload) VALUES ({key}, {n}, REPEAT('x', 64))"
@@ -124,7 +141,12 @@ async def run_demo(
     base.mkdir(parents=True, exist_ok=True)
     print(f"sluice demo: starting a sandbox MariaDB cluster in {base}")
     sb = await asyncio.to_thread(
-        sandbox.up, base / "db", replicas=1, max_connections=DATABASE_LIMIT
+        sandbox.up,
+        base / "db",
+        replicas=1,
+        max_connections=DATABASE_LIMIT,
+        semi_sync=True,  # lossless: the fleet's failover in act two loses no acknowledged write
+        etcd=True,
     )
     try:
         return await _story(sb, clients, seconds, base, hosts)
@@ -136,13 +158,25 @@ async def run_demo(
 
 
 def _config(
-    tier: str, listen: list[str], servers: list[dict], cap: int, sb, heartbeat: bool = False
+    tier: str,
+    listen: list[str],
+    servers: list[dict],
+    cap: int,
+    sb,
+    heartbeat: bool = False,
+    fleet: str | None = None,
 ) -> Config:
     app = sb.users["app"]
-    upstream: dict[str, object] = {"servers": servers}
+    upstream: dict[str, object] = {"servers": servers} if servers else {}
+    extra: dict[str, object] = {}
     if tier == "remote":  # the accounts writer discovery and the switchover use
         for key, user in (("monitor", "monitor"), ("replication", "repl")):
             upstream[key] = {"user": sb.users[user].name, "password": sb.users[user].password}
+    if fleet is not None:  # act two: a fleet on the sandbox's etcd
+        extra["fleet"] = {"etcd": [sb.etcd], "cluster": "demo", "name": fleet, "lease_ttl": "2s"}
+        if tier == "remote":
+            extra["failover"] = {"mode": "auto", "buffer_window": "15s", "min_interval": "60s"}
+            upstream["health"] = {"interval": "200ms", "timeout": "500ms"}
     return parse_config(
         {
             "tier": tier,
@@ -156,6 +190,7 @@ def _config(
                 if heartbeat
                 else {}
             ),
+            **extra,
         },
         allow_zero_port=True,
     )
@@ -267,8 +302,6 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
     stored = await final.query("SELECT id FROM sluice_demo.events")
     present = {int(row[0]) for row in stored.rows}
     lost = [k for k in tally.acknowledged if k not in present]
-    for monitor in monitors:
-        monitor.close()
 
     lat = sorted(tally.latencies) or [0.0]
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
@@ -315,4 +348,118 @@ async def _story(sb: sandbox.Sandbox, clients: int, seconds: float, base: Path, 
     ok = not tally.errors and not lost and tally.queries > 0 and peaks.database <= limit
     ok = ok and isinstance(switched, Switchover)
     print(f"  result                     {'OK' if ok else 'PROBLEMS (see above)'}")
-    return 0 if ok else 1
+    fleet_ok = await _fleet_story(sb, base, min(clients, 300), seconds, monitors)
+    for monitor in monitors:
+        monitor.close()
+    return 0 if ok and fleet_ok else 1
+
+
+async def _fleet_story(
+    sb: sandbox.Sandbox,
+    base: Path,
+    clients: int,
+    seconds: float,
+    monitors: list[ServerConnection],
+) -> bool:
+    """Act two, the unplanned: a fleet on etcd. Two remote tiers register, a local tier takes
+    them from etcd; under load a third remote tier joins, then the primary is killed with
+    kill -9 and the fleet promotes the replica by itself (failover.mode auto)."""
+    print()
+    print(f"sluice demo, act two: a fleet on etcd ({sb.etcd}); {clients} app connections")
+    app = sb.users["app"]
+    servers = [{"name": s.name, "address": f"{s.host}:{s.port}"} for s in sb.servers]
+    cap = 16  # per remote tier: three of them stay under the database's limit
+
+    async def remote(name: str) -> Tier:
+        tier = Tier(_config("remote", ["127.0.0.1:0"], servers, cap, sb, fleet=name))
+        await tier.start()
+        return tier
+
+    remotes = [await remote("remote1"), await remote("remote2")]
+    local = Tier(
+        _config("local", [f"unix:{base}/fleet-app-host.sock"], [], LOCAL_POOL, sb, fleet="local1")
+    )
+    await local.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while len(local.upstream.servers) < 2 and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    primary = next(r for r in remotes if r.upstream.current is not None).upstream.current
+    assert primary is not None
+    credential = local.users.credential(app.name)
+    assert credential is not None
+    tally = Tally()
+    issued: dict[int, float] = {}
+    started = loop.time()
+    until = started + seconds
+    events: dict[str, float] = {}
+
+    async def fault() -> None:
+        await asyncio.sleep(seconds / 3)
+        remotes.append(await remote("remote3"))
+        events["joined"] = loop.time()
+        await asyncio.sleep(seconds / 3)
+        victim = sb.server(primary.name)
+        os.kill(victim.pid, signal.SIGKILL)
+        events["killed"] = loop.time()
+
+    faulting = asyncio.create_task(fault())
+    address = local.bound_address(0)
+    await asyncio.gather(
+        *(
+            app_client(n, address, credential, until, tally, issued)
+            for n in range(10_001, 10_001 + clients)
+        )
+    )
+    await faulting
+    # The fleet's record and what every tier follows.
+    records = {(r.fleet.name, r.fleet.writer.server, r.fleet.writer.epoch) for r in remotes
+               if r.fleet is not None and r.fleet.writer is not None}  # fmt: skip
+    new_primary = (
+        remotes[0].fleet.writer.server if remotes[0].fleet and remotes[0].fleet.writer else None
+    )
+    served_by_new = sum(1 for _ in remotes[-1].sessions)
+    auto = [r.auto_failover.last for r in remotes if r.auto_failover and r.auto_failover.last]
+    promoted = [a for a in auto if str(a["outcome"]).startswith("promoted")]
+    members = len(local.upstream.servers)
+    for tier in (local, *remotes):
+        await tier.stop()
+    final = next(
+        (m for m, s in zip(monitors, sb.servers, strict=True) if s.name == new_primary), None
+    )
+    lost: list[int] = []
+    if final is not None:
+        stored = await final.query("SELECT id FROM sluice_demo.events WHERE id >= 10001000000")
+        present = {int(row[0]) for row in stored.rows}
+        lost = [k for k in tally.acknowledged if k not in present]
+    killed = events.get("killed", until)
+    late_errors = sum(1 for t in tally.error_times if t >= killed + 0.2)
+    print("sluice demo report, act two")
+    print(f"  fleet members              {members} remote tiers followed by the local tier "
+          f"(remote3 joined {events.get('joined', started) - started:.1f} s in)")  # fmt: skip
+    print(f"  remote3                    {served_by_new} sessions on it at the end")
+    print(f"  primary killed (kill -9)   {primary.name} at {killed - started:.1f} s")
+    for a in promoted:
+        print(f"  automatic failover         {a['outcome']} ({a['took_ms']} ms)")
+    epochs = sorted({(writer, epoch) for _, writer, epoch in records})
+    print(f"  writer record (epochs)     {', '.join(f'{w} at epoch {e}' for w, e in epochs)} "
+          f"on all {len(records)} remote tiers" if len(epochs) == 1 else
+          f"  writer record (epochs)     DISAGREE: {sorted(records)}")  # fmt: skip
+    print(f"  queries                    {tally.queries} in {loop.time() - started:.1f} s")
+    print(f"  client errors              {sum(tally.errors.values())} "
+          f"({late_errors} for commands issued after the kill)")  # fmt: skip
+    for text, count in sorted(tally.errors.items(), key=lambda kv: -kv[1])[:5]:
+        print(f"    {count}x {text}")
+    print(f"  acknowledged writes        {len(tally.acknowledged)}, lost {len(lost)} "
+          f"(read back from {new_primary})")  # fmt: skip
+    ok = (
+        len(promoted) == 1
+        and len(epochs) == 1
+        and epochs[0][0] != primary.name
+        and late_errors == 0
+        and not lost
+        and final is not None
+        and tally.queries > 0
+    )
+    print(f"  result                     {'OK' if ok else 'PROBLEMS (see above)'}")
+    return ok

@@ -171,6 +171,8 @@ class Tier:
             self.fleet.start()
             if not await self.fleet.wait_registered(self.config.fleet.lease_ttl):
                 log.warning("not registered in etcd yet (%s); serving on", self.fleet.etcd)
+            elif self.config.tier == "remote" and self.config.upstream.monitor is not None:
+                await self.check_writer()  # the fleet's writer record, now (or its first)
         if self.config.heartbeat is not None:
             self.heartbeat = Heartbeat(self, self.config.heartbeat)
             self.heartbeat.start()
