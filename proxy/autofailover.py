@@ -85,7 +85,8 @@ class AutoFailover:
     async def _fail_over(self, lost_name: str | None) -> str:
         tier = self.tier
         fleet = tier.fleet
-        assert fleet is not None
+        if fleet is None or not tier.accepting:
+            return "not attempted: the tier is stopping"
         if lost_name is None:
             record = await fleet.read_writer()
             if record is None:
@@ -100,7 +101,7 @@ class AutoFailover:
         while True:
             if await self._answers(lost):
                 return f"not needed: {lost_name} answers"
-            seen = await asyncio.gather(*(self._replica(s, lost) for s in replicas))
+            seen = await asyncio.gather(*(self._replica(s) for s in replicas))
             usable = [(s, pos) for s, (still, pos) in zip(replicas, seen, strict=True) if pos]
             still = [s.name for s, (sees, _) in zip(replicas, seen, strict=True) if sees]
             if not still and usable:
@@ -206,8 +207,9 @@ class AutoFailover:
         except Exception:
             return False
 
-    async def _replica(self, server: ServerConfig, lost: ServerConfig) -> tuple[bool, str]:
-        """(still replicates from `lost`, the GTID position it received; "" if unusable)."""
+    async def _replica(self, server: ServerConfig) -> tuple[bool, str]:
+        """(still replicates from its primary, the GTID position it received; "" if
+        unusable)."""
         monitor = self.tier.config.upstream.monitor
         assert monitor is not None
         try:
@@ -220,12 +222,13 @@ class AutoFailover:
                     conn.close()
         except Exception:
             return False, ""
+        # Any channel still connected counts as seeing it: replicas may reach the primary at
+        # another address than sluice does (a proxy, a NAT), so addresses prove nothing.
         sees = False
         position = ""
         for row in status.rows:
             values = dict(zip(status.columns, row, strict=False))
-            if int(values.get("Master_Port") or 0) != lost.address.port:
-                continue
             sees = sees or values.get("Slave_IO_Running") == "Yes"
-            position = values.get("Gtid_IO_Pos") or ""
+            if not values.get("Connection_name"):  # the default connection
+                position = values.get("Gtid_IO_Pos") or ""
         return sees, position

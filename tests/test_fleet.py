@@ -24,7 +24,7 @@ import pytest
 from proxy import sandbox as sandbox_mod
 
 from .conftest import short_tmp_dir
-from .processes import ROOT, Load, TierProcess
+from .processes import ROOT, Load, TierProcess, free_port
 
 APP_PASSWORD = "app-pass"
 TOKEN = "fault-token"
@@ -488,3 +488,82 @@ def test_a_dead_primary_fails_over_by_itself_once_with_no_error_and_nothing_lost
         row = cur.fetchone()
     conn.close()
     assert row["Master_Port"] == new.port and row["Slave_IO_Running"] == "Yes"
+
+
+def test_a_partition_between_sluice_and_the_primary_alone_does_not_fail_over(
+    semisync_cluster, processes, tmp_path
+):
+    """The remote tier reaches db1 through a relay that goes away (sluice is cut off from
+    db1) while the replicas still replicate from it: the fleet does not fail over, says
+    why, and commands wait until db1 is reachable again."""
+    sb = semisync_cluster
+    name = f"c{uuid.uuid4().hex[:6]}"
+    table = f"app.part_{uuid.uuid4().hex[:8]}"
+    sandbox_mod.sql(sb.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    sandbox_mod.wait_replicas_caught_up(sb)
+    db1 = sb.server("db1")
+    relay_port = free_port()
+
+    def relay() -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench/byte_relay.py"), str(relay_port), db1.host,
+             str(db1.port)],
+            start_new_session=True,
+        )  # fmt: skip
+        wait_for(lambda: _accepts(relay_port), 5, "the relay listens")
+        return proc
+
+    path = relay()
+    servers = [{"name": "db1", "address": f"127.0.0.1:{relay_port}"}] + [
+        {"name": s.name, "address": f"{s.host}:{s.port}"} for s in sb.replicas
+    ]
+    r1 = remote(
+        sb,
+        tmp_path,
+        "remote1",
+        name,
+        processes,
+        failover={"mode": "auto", "buffer_window": "30s"},
+        upstream={"servers": servers, "health": {"interval": "200ms", "timeout": "500ms"}},
+    )
+    wait_for(lambda: (r1.status().get("fleet") or {}).get("epoch") == 1, 10, "writer recorded")
+    load = Load("127.0.0.1", r1.port, APP_PASSWORD, table, clients=5)
+    seen: dict = {}
+
+    async def partition():
+        nonlocal path
+        await asyncio.sleep(1.0)
+        path.kill()  # sluice's only way to db1 is gone; the replicas' is not
+        path.wait()
+        seen["cut"] = time.monotonic()
+
+        def refused():
+            last = r1.status()["failover"]["auto_last"]
+            return last is not None and last["outcome"].startswith("refused") and last
+
+        seen["auto"] = await asyncio.to_thread(wait_for, refused, 20, "the failover refused")
+        path = await asyncio.to_thread(relay)  # the partition heals
+        seen["healed"] = time.monotonic()
+        await asyncio.sleep(1.5)
+
+    try:
+        asyncio.run(load.run(2, partition()))
+    finally:
+        path.kill()
+    assert "still replicate from db1" in seen["auto"]["outcome"], seen["auto"]
+    status = r1.status()
+    assert (status["fleet"]["primary"], status["fleet"]["epoch"]) == ("db1", 1)
+    assert status["upstream"]["current"] == "db1"
+    assert root_sql(sb.server("db2"), "SELECT @@GLOBAL.read_only") == [(1,)]  # not promoted
+    late = load.errors(issued_after=seen["cut"] + 0.5)
+    assert late == [], late[:5]  # they waited for db1 instead of failing
+    after = [o for o in load.outcomes if o.error is None and o.issued > seen["healed"]]
+    assert after
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
