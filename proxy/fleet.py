@@ -160,8 +160,7 @@ class Fleet:
                     log.warning("etcd %s (%s); serving on", problem, self._endpoint_text())
                 self.etcd = problem
                 self._lease = None
-                await self._close()
-                self._endpoint += 1  # the next endpoint, if there are several
+                self._next_endpoint()
             await asyncio.sleep(interval)
 
     async def read_members(self) -> set[str]:
@@ -332,11 +331,27 @@ class Fleet:
             self._client = client
         return self._client
 
+    def _next_endpoint(self) -> None:
+        """Try the next endpoint from now on, if there are several. The old client is closed
+        only once calls under way on it (a lock, say) have had their time: closing a gRPC
+        channel cancels them. With one endpoint the client stays: its channel reconnects."""
+        if len(self.config.etcd) < 2 or self._client is None:
+            return
+        old, self._client = self._client, None
+        self._endpoint += 1
+        loop = asyncio.get_running_loop()
+        loop.call_later(2 * CALL_TIMEOUT, lambda: loop.create_task(_close_client(old)))
+
     async def _close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.close()
+
+
+async def _close_client(client: aetcd.Client) -> None:
+    with contextlib.suppress(Exception):
+        await client.close()
 
 
 def _writer(value: bytes, revision: int) -> WriterRecord:
