@@ -112,3 +112,19 @@ def test_every_config_a_workload_mounts_exists():
 @pytest.mark.parametrize("example", ["local.yaml", "remote.yaml"])
 def test_the_example_configs_are_accepted(example):
     load_config(DEPLOY / example)
+
+
+@pytest.mark.parametrize("example", ["fleet-local.yaml", "fleet-remote.yaml"])
+def test_the_fleet_examples_are_accepted_with_their_secrets(example, tmp_path):
+    text = (DEPLOY / example).read_text()
+    for name in ("admin-password", "admin-token", "app-password", "monitor-password",
+                 "replication-password"):  # fmt: skip
+        (tmp_path / name).write_text(f"{name}-value\n")
+    config = tmp_path / example
+    config.write_text(text.replace(SECRETS_DIR, f"{tmp_path}/"))
+    cfg = load_config(config)
+    assert cfg.fleet is not None and cfg.admin.token == "admin-token-value"
+    if cfg.tier == "local":
+        assert cfg.upstream.servers == ()  # its remote tiers come from etcd
+    else:
+        assert cfg.failover.mode == "auto"
