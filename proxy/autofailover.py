@@ -129,8 +129,7 @@ class AutoFailover:
         if record is None:  # (a fleet younger than its first writer check): we hold the lock
             record = await fleet.first_writer(lost.name)
         if record.server != lost.name:
-            now = record.server if record else "nobody"
-            return f"done elsewhere: the fleet's writer is {now}"
+            return f"done elsewhere: the fleet's writer is {record.server}"
         last = await fleet.read_key("last_failover")
         if last is not None and time.time() - float(last["at"]) < config.failover.min_interval:
             return (
@@ -152,7 +151,7 @@ class AutoFailover:
                 answer = await conn.query(dialect.wait_for_position(position, timeout))
             if not dialect.reached(answer.rows[0][0] if answer.rows else None):
                 return f"refused: {candidate.name} did not apply its relay log within {timeout:g}s"
-            moved = await fleet.move_writer(candidate.name, record)
+            moved = await fleet.hand_over(lost.name, candidate.name)
             # Semi-sync follows the writer: what the dead primary had at its last probe.
             probe = tier.upstream.probes.get(lost.name)
             semi_sync = (probe.semi_sync if probe is not None else None) or {}

@@ -318,6 +318,22 @@ class Fleet:
         except Exception as exc:
             raise FleetError(f"etcd is unreachable ({_why(exc)})") from exc
 
+    async def hand_over(self, source: str | None, target: str) -> WriterRecord:
+        """Record `target` as the writer at the next epoch, from `source` (None: whoever the
+        record names). A fleet without a record yet starts from `source` (or `target`) at
+        epoch 1. The caller holds the fleet's lock."""
+        record = await self.read_writer()
+        if record is None:
+            record = await self.first_writer(source or target)
+        if source is not None and record.server != source:
+            raise FleetError(
+                f"the fleet's writer record names {record.server} (epoch {record.epoch}), "
+                f"not {source}"
+            )
+        if record.server == target:
+            return record
+        return await self.move_writer(target, record)
+
     # --- the connection -----------------------------------------------------------------------
 
     def _endpoint_text(self) -> str:

@@ -438,15 +438,7 @@ class Switchover:
             return
         async with self._step("record") as step:
             try:
-                record = await fleet.read_writer()
-                if record is None:
-                    record = await fleet.first_writer(source.name)
-                if record.server != source.name:
-                    raise SwitchoverFailed(
-                        f"the fleet's writer record names {record.server} (epoch "
-                        f"{record.epoch}), not {source.name}"
-                    )
-                moved = await fleet.move_writer(target.name, record)
+                moved = await fleet.hand_over(source.name, target.name)
             except FleetError as exc:
                 raise SwitchoverFailed(str(exc)) from None
 

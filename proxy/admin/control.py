@@ -73,11 +73,7 @@ async def retarget_by_request(tier: Tier, target: str) -> tuple[str | None, str]
         server = _server(tier, target)
         try:
             async with fleet.lock(f"retarget to {server.name}"):
-                record = await fleet.read_writer()
-                if record is None:
-                    await fleet.first_writer(server.name)
-                elif record.server != server.name:
-                    await fleet.move_writer(server.name, record)
+                await fleet.hand_over(None, server.name)
         except FleetError as exc:
             raise ControlRefused(f"sluice: retarget to {server.name}: {exc}") from None
     return retarget(tier, target)
