@@ -248,6 +248,9 @@ class ServerConnection(asyncio.Protocol):
         it with a reset, never an acknowledgement (see connection_lost)."""
         if self._sink is not None and not self.reset:
             self.reset = never_read(self.transport)
+        # Dead for reuse from now on: until connection_lost comes (a loop turn later) it
+        # still sits in its pool, and a command handed to it would be lost unsent.
+        self.closed = True
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
