@@ -26,7 +26,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .discovery import dialect_of, monitor_connection
+from .discovery import dialect_of, monitor_connection, run_statements
 from .fleet import FleetError
 
 if TYPE_CHECKING:
@@ -175,18 +175,19 @@ class AutoFailover:
             if other == candidate:
                 continue
             try:
-                async with asyncio.timeout(timeout + 5):
-                    peer = await monitor_connection(tier.upstream, other, monitor, "failover")
-                    try:
-                        for statement in (
-                            dialect.stop_replication,
-                            *dialect.follow(host, port, repl.user, repl.password, demote=False),
-                            *dialect.semi_sync_replica(semi_sync, was_primary=False),
-                            dialect.start_replication,
-                        ):
-                            await peer.query(statement)
-                    finally:
-                        peer.close()
+                await run_statements(
+                    tier.upstream,
+                    other,
+                    monitor,
+                    "failover",
+                    lambda d: [
+                        d.stop_replication,
+                        *d.follow(host, port, repl.user, repl.password, demote=False),
+                        *d.semi_sync_replica(semi_sync, was_primary=False),
+                        d.start_replication,
+                    ],
+                    timeout + 5,
+                )
                 repointed.append(other.name)
             except Exception as exc:
                 log.warning("%s does not follow %s yet: %s", other.name, candidate.name, exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,25 @@ async def monitor_connection(
         attributes={"program_name": f"sluice-{purpose}"},
         server=server,
     )
+
+
+async def run_statements(
+    upstream: Upstream,
+    server: ServerConfig,
+    monitor: Credentials,
+    purpose: str,
+    statements: Callable[[Dialect], Sequence[str]],
+    timeout: float,
+) -> None:
+    """Run sluice's own statements on `server` (built for its dialect) on a monitor
+    connection of their own, within `timeout`; what fails raises."""
+    async with asyncio.timeout(timeout):
+        conn = await monitor_connection(upstream, server, monitor, purpose)
+        try:
+            for statement in statements(dialect_of(conn)):
+                await conn.query(statement)
+        finally:
+            conn.close()
 
 
 def dialect_of(conn: ServerConnection) -> Dialect:

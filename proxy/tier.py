@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from .autofailover import AutoFailover
 from .backend import ServerConnection, UpstreamError
 from .config import Address, Config, ConfigError, ServerConfig, parse_address
-from .discovery import PROBE_TIMEOUT, Discovery, dialect_of, discover_writer, monitor_connection
+from .discovery import PROBE_TIMEOUT, Discovery, discover_writer, run_statements
 from .failover import Failover
 from .fleet import Fleet, FleetError, WriterRecord
 from .frontend import BUSY, INFILE, ClientSession
@@ -341,13 +341,9 @@ class Tier:
             record.epoch,
         )
         try:
-            async with asyncio.timeout(PROBE_TIMEOUT):
-                conn = await monitor_connection(self.upstream, server, monitor, "fence")
-                try:
-                    for statement in dialect_of(conn).read_only_on():
-                        await conn.query(statement)
-                finally:
-                    conn.close()
+            await run_statements(
+                self.upstream, server, monitor, "fence", lambda d: d.read_only_on(), PROBE_TIMEOUT
+            )
         except Exception as exc:  # it gets no work either way; the next check tries again
             log.warning("could not set %s read_only: %s", server.name, exc)
 

@@ -15,6 +15,7 @@ from proxy import sandbox as sandbox_mod
 from proxy.sandbox import Sandbox
 
 from .harness import TierThread, tier_config
+from .processes import TierProcess
 
 
 def short_tmp_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
@@ -85,3 +86,12 @@ def connect(sandbox: Sandbox, tier: TierThread):
     """Open PyMySQL connections through the tier (closed after the test)."""
     with pymysql_opener(sandbox, "127.0.0.1", tier.port) as opener:
         yield opener
+
+
+@pytest.fixture
+def processes() -> Iterator[list[TierProcess]]:
+    """`sluice run` processes a test starts; stopped (SIGTERM, then SIGKILL) at its end."""
+    started: list[TierProcess] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()

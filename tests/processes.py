@@ -20,11 +20,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from proxy import sandbox as sandbox_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +36,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def make_table(sb: Any, prefix: str = "faults") -> str:
+    """A fresh table for a Load to write into (created on the sandbox's primary)."""
+    table = f"app.{prefix}_{uuid.uuid4().hex[:8]}"
+    sandbox_mod.sql(sb.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    return table
 
 
 class TierProcess:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from proxy import sandbox as sandbox_mod
 
 from .conftest import short_tmp_dir
 from .harness import scalar
-from .processes import Load, NetNamespace, TierProcess
+from .processes import Load, NetNamespace, TierProcess, make_table
 from .rawclient import RawClient
 
 APP_PASSWORD = "app-pass"
@@ -73,23 +72,9 @@ def local_config(*remotes: TierProcess, **extra) -> dict:
     return config
 
 
-def make_table(sb) -> str:
-    table = f"app.faults_{uuid.uuid4().hex[:8]}"
-    sandbox_mod.sql(sb.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
-    return table
-
-
 @pytest.fixture
 def work(tmp_path_factory) -> Path:
     return short_tmp_dir(tmp_path_factory, "faults")
-
-
-@pytest.fixture
-def processes():
-    started: list[TierProcess] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 def run(coro):

@@ -24,7 +24,7 @@ import pytest
 from proxy import sandbox as sandbox_mod
 
 from .conftest import short_tmp_dir
-from .processes import ROOT, Load, TierProcess, free_port
+from .processes import ROOT, Load, TierProcess, free_port, make_table
 
 APP_PASSWORD = "app-pass"
 TOKEN = "fault-token"
@@ -39,14 +39,6 @@ def cluster(tmp_path_factory):
         yield sb
     finally:
         sandbox_mod.down(path)
-
-
-@pytest.fixture
-def processes():
-    started: list[TierProcess] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 def fleet_section(sb, cluster: str, name: str) -> dict:
@@ -152,8 +144,7 @@ def test_a_switchover_on_one_tier_moves_every_live_remote_tier_found_in_etcd(
     cluster, processes, tmp_path
 ):
     name = f"c{uuid.uuid4().hex[:6]}"
-    table = f"app.fleet_{uuid.uuid4().hex[:8]}"
-    sandbox_mod.sql(cluster.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    table = make_table(cluster, "fleet")
     sandbox_mod.wait_replicas_caught_up(cluster)
     r1 = remote(cluster, tmp_path, "remote1", name, processes)
     r2 = remote(cluster, tmp_path, "remote2", name, processes)
@@ -215,8 +206,7 @@ def test_an_old_primary_that_comes_back_writable_is_fenced_and_gets_no_writes(
     cluster, processes, tmp_path
 ):
     name = f"c{uuid.uuid4().hex[:6]}"
-    table = f"app.fence_{uuid.uuid4().hex[:8]}"
-    sandbox_mod.sql(cluster.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    table = make_table(cluster, "fence")
     sandbox_mod.wait_replicas_caught_up(cluster)
     r1 = remote(cluster, tmp_path, "remote1", name, processes)
     wait_for(lambda: r1.status()["fleet"]["epoch"] == 1, 10, "the writer recorded")
@@ -290,10 +280,7 @@ def test_with_etcd_gone_tiers_serve_on_and_a_switchover_says_why_it_cannot(
     os.kill(pid, signal.SIGSTOP)  # etcd hangs: no answer, no reset
     try:
         wait_for(lambda: r1.status()["fleet"]["etcd"].startswith("unreachable"), 10, "noticed")
-        table = f"app.noetcd_{uuid.uuid4().hex[:8]}"
-        sandbox_mod.sql(
-            cluster.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)"
-        )
+        table = make_table(cluster, "noetcd")
         load = Load("127.0.0.1", r1.port, APP_PASSWORD, table, clients=8)
         asyncio.run(load.run(2))  # the data path does not need etcd
         assert load.errors() == [] and len(load.acknowledged()) > 50
@@ -314,8 +301,7 @@ def test_a_local_tier_follows_remote_tiers_as_they_join_and_leave_under_load(
     its sessions over the live remote tiers in etcd; a new one gets work within seconds, one
     that leaves (SIGTERM) stops getting it, and no client sees an error either way."""
     name = f"c{uuid.uuid4().hex[:6]}"
-    table = f"app.elastic_{uuid.uuid4().hex[:8]}"
-    sandbox_mod.sql(cluster.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    table = make_table(cluster, "elastic")
     remote(cluster, tmp_path, "remote1", name, processes)
     r2 = remote(cluster, tmp_path, "remote2", name, processes)
     config = {
@@ -374,8 +360,7 @@ def test_a_dead_primary_promoted_from_outside_and_retargeted_is_recorded_not_fen
     post-takeover hook): the record moves to the new primary at the next epoch, so no tier
     fences it; until then commands wait for a writer (the record's dead writer is not one)."""
     name = f"c{uuid.uuid4().hex[:6]}"
-    table = f"app.dead_{uuid.uuid4().hex[:8]}"
-    sandbox_mod.sql(cluster.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    table = make_table(cluster, "dead")
     sandbox_mod.wait_replicas_caught_up(cluster)
     r1 = remote(cluster, tmp_path, "remote1", name, processes)
     wait_for(lambda: (r1.status().get("fleet") or {}).get("epoch") == 1, 10, "writer recorded")
@@ -426,8 +411,7 @@ def test_a_dead_primary_fails_over_by_itself_once_with_no_error_and_nothing_lost
     acknowledged write on the new primary, and the other replica following it."""
     sb = semisync_cluster
     name = f"c{uuid.uuid4().hex[:6]}"
-    table = f"app.auto_{uuid.uuid4().hex[:8]}"
-    sandbox_mod.sql(sb.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    table = make_table(sb, "auto")
     sandbox_mod.wait_replicas_caught_up(sb)
     remotes = [
         remote(
@@ -498,8 +482,7 @@ def test_a_partition_between_sluice_and_the_primary_alone_does_not_fail_over(
     why, and commands wait until db1 is reachable again."""
     sb = semisync_cluster
     name = f"c{uuid.uuid4().hex[:6]}"
-    table = f"app.part_{uuid.uuid4().hex[:8]}"
-    sandbox_mod.sql(sb.primary, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, client INT)")
+    table = make_table(sb, "part")
     sandbox_mod.wait_replicas_caught_up(sb)
     db1 = sb.server("db1")
     relay_port = free_port()
