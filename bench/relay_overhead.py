@@ -77,7 +77,7 @@ def wait_port(port: int, timeout: float = 15) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-RELAY_SCALING_MAX = 512
+RELAY_SCALING_MAX = int(os.environ.get("RELAY_SCALING_MAX", 512))
 """The funnel's relay row stops here: beyond, the database would need thousands of connections."""
 
 
@@ -101,7 +101,23 @@ def sysbench(
     extra: tuple[str, ...] = (),
     cwd: Path | None = None,
 ) -> str:
-    cmd = [
+    cmd = sysbench_command(binary, test, port, args, threads, action, extra)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds + 180, cwd=cwd)
+    if out.returncode != 0:
+        raise RuntimeError(f"sysbench {action} on port {port} failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+def sysbench_command(
+    binary: str,
+    test: str,
+    port: int,
+    args: argparse.Namespace,
+    threads: int,
+    action: str,
+    extra: tuple[str, ...],
+) -> list[str]:
+    return [
         binary,
         test,
         "--mysql-host=127.0.0.1",
@@ -117,11 +133,6 @@ def sysbench(
         *(extra or ("--db-ps-mode=disable",)),
         action,
     ]
-    # --mysql-ssl=on reads cacert.pem, client-cert.pem and client-key.pem from its cwd.
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds + 180, cwd=cwd)
-    if out.returncode != 0:
-        raise RuntimeError(f"sysbench {action} on port {port} failed:\n{out.stdout}\n{out.stderr}")
-    return out.stdout
 
 
 def parse(output: str) -> dict[str, float]:
@@ -220,6 +231,10 @@ def start_targets(
     }
 
 
+INTERVAL = re.compile(r"^\[ (\d+)s \] .* qps: ([\d.]+)")
+"""sysbench's per-second report line: the second it closes and its queries per second."""
+
+
 def measure(
     binary: str,
     target: Target,
@@ -229,16 +244,43 @@ def measure(
     args: argparse.Namespace,
     tls_files: Path | None = None,
 ) -> dict[str, float]:
+    """One sysbench run against `target`: its summary, and the proxy's CPU per query in
+    the steady state. The CPU is read at sysbench's per-second reports, from the end of the
+    first second to the last report: the logins of thousands of clients (measured by
+    bench/connection_limit.py) and the ramp-up stay out of a figure meant per query."""
     extra = ["--db-ps-mode=auto" if ps else "--db-ps-mode=disable"]
     if tls_files is not None:
         extra.append("--mysql-ssl=on")
-    before, user_before = target.cpu(), target.user_cpu()
-    out = sysbench(
-        binary, test, target.port, args, threads=threads, extra=tuple(extra), cwd=tls_files
+    cmd = sysbench_command(binary, test, target.port, args, threads, "run", tuple(extra))
+    cmd[cmd.index("--report-interval=0")] = "--report-interval=1"
+    samples: list[tuple[float, float, float]] = []  # (cpu, user cpu, queries so far)
+    queries = 0.0
+    lines = []
+    # --mysql-ssl=on reads cacert.pem, client-cert.pem and client-key.pem from its cwd.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tls_files
     )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            m = INTERVAL.match(line)
+            if m:
+                queries += float(m.group(2))  # (each report covers one second)
+                samples.append((target.cpu(), target.user_cpu(), queries))
+        proc.wait(timeout=args.seconds + 180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sysbench run on port {target.port} failed:\n{out}")
+    if len(samples) < 3:
+        raise RuntimeError(f"sysbench printed {len(samples)} reports; run longer (--seconds)")
+    (cpu0, user0, q0), (cpu1, user1, q1) = samples[0], samples[-1]
     r = parse(out)
-    r["cpu_us_per_query"] = (target.cpu() - before) / r["queries"] * 1e6
-    r["user_us_per_query"] = (target.user_cpu() - user_before) / r["queries"] * 1e6
+    r["cpu_us_per_query"] = (cpu1 - cpu0) / (q1 - q0) * 1e6
+    r["user_us_per_query"] = (user1 - user0) / (q1 - q0) * 1e6
     return r
 
 
