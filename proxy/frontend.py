@@ -120,11 +120,24 @@ CLEAR_DIAGNOSTICS = "SELECT 1 FROM (SELECT 1) AS sluice_clear_diagnostics"
 _KEEP_STATUS = int(Status.IN_TRANS | Status.CURSOR_EXISTS)
 _IN_TRANS = int(Status.IN_TRANS)
 _PING = int(Command.PING)
+_PROCESS_KILL = int(Command.PROCESS_KILL)
+_QUERY = int(Command.QUERY)
+_QUIT = int(Command.QUIT)
+_RESET_CONNECTION = int(Command.RESET_CONNECTION)
+_SET_OPTION = int(Command.SET_OPTION)
+_STMT_CLOSE = int(Command.STMT_CLOSE)
+_STMT_EXECUTE = int(Command.STMT_EXECUTE)
+_STMT_FETCH = int(Command.STMT_FETCH)
+_STMT_PREPARE = int(Command.STMT_PREPARE)
+_STMT_RESET = int(Command.STMT_RESET)
+_STMT_SEND_LONG_DATA = int(Command.STMT_SEND_LONG_DATA)
+"""(Plain ints: comparing with an IntEnum member costs a class attribute lookup, ~10x.)"""
 READ_ONLY_ERROR = 1290
 """ER_OPTION_PREVENTS_STATEMENT: what a read-only (demoted) server answers a write with."""
 _CURSOR_EXISTS = int(Status.CURSOR_EXISTS)
 _STATEMENT_COMMANDS = frozenset(
-    (
+    int(c)
+    for c in (
         Command.STMT_PREPARE,
         Command.STMT_EXECUTE,
         Command.STMT_SEND_LONG_DATA,
@@ -135,7 +148,7 @@ _STATEMENT_COMMANDS = frozenset(
     )
 )
 _TRACKING_SETUP = TRACKING_SETUP.encode()
-_CURSOR_COMMANDS = (Command.STMT_EXECUTE, Command.STMT_FETCH)
+_CURSOR_COMMANDS = (int(Command.STMT_EXECUTE), int(Command.STMT_FETCH))
 
 
 class QueuedCommand(Waiter):
@@ -743,10 +756,10 @@ class ClientSession(asyncio.Protocol):
             self._protocol_violation("empty command packet")
             return
         mode = RESPONSE_MODES.get(command)
-        if mode is None or command in (Command.RESET_CONNECTION, Command.PROCESS_KILL):
+        if mode is None or command in (_RESET_CONNECTION, _PROCESS_KILL):
             self._special_command(command, msg.payload if msg is not None else raw[4:])
             return
-        if command == Command.QUIT:
+        if command == _QUIT:
             self._close()
             return
         self._began = _monotonic()
@@ -771,7 +784,7 @@ class ClientSession(asyncio.Protocol):
             self._diagnostics_hold.cancel()
             self._diagnostics_hold = None
         flags = 0
-        if command == Command.QUERY:
+        if command == _QUERY:
             sql = raw[5:] if msg is None else msg.payload[1:]
             reason, flags = scan_statement(sql)
             if reason is not None:
@@ -791,7 +804,7 @@ class ClientSession(asyncio.Protocol):
         elif command in _STATEMENT_COMMANDS:
             self._statement_command(raw, command, mode, msg)
             return
-        elif command == Command.SET_OPTION:
+        elif command == _SET_OPTION:
             # Multi-statement mode belongs to the server connection: it must not follow the
             # connection to clients that never asked for it.
             self._pin(PIN_SET_OPTION)
@@ -841,16 +854,14 @@ class ClientSession(asyncio.Protocol):
                 return False
         elif key.server in tier.upstream.down:
             return False
-        pools = tier.pools
-        if not pools.must_queue(key):
-            return False
         queued = self._queued
         if queued is None:
             queued = self._queued = QueuedCommand(self)
         queued.mode = mode
         queued.flags = flags
-        pools.enqueue(queued, key, None if self.session.schema is not None else _without_schema)
-        return True
+        return tier.pools.queue_when_full(
+            queued, key, None if self.session.schema is not None else _without_schema
+        )
 
     def _served(self, conn: ServerConnection) -> None:
         """The pool hands over a connection a release freed: run the command on it now if it
@@ -971,7 +982,7 @@ class ClientSession(asyncio.Protocol):
 
     def _statement_command(self, raw: bytes, command: int, mode: int, msg: Message | None) -> None:
         payload = msg.payload if msg is not None else raw[4:]
-        if command == Command.STMT_PREPARE:
+        if command == _STMT_PREPARE:
             reason = pin_reason(payload[1:])
             if reason is not None:
                 self._pin(reason)
@@ -983,7 +994,7 @@ class ClientSession(asyncio.Protocol):
             return
         stmt_id = read_u32(payload, 1)
         stmt = self.statements.get(stmt_id)
-        if command == Command.STMT_CLOSE:
+        if command == _STMT_CLOSE:
             self.statements.pop(stmt_id, None)  # the connection keeps it for other clients
             if stmt_id in self._cursors:
                 self._cursors.discard(stmt_id)
@@ -994,7 +1005,7 @@ class ClientSession(asyncio.Protocol):
             if mode != NO_RESPONSE:
                 self._send(frame(1, errors.unknown_statement(stmt_id).payload()))
             return
-        if command == Command.STMT_RESET and self.backend is None:
+        if command == _STMT_RESET and self.backend is None:
             # Without a held connection there is no long data or cursor to reset.
             self._send(frame(1, ok_payload(Status.AUTOCOMMIT)))
             return
@@ -1025,7 +1036,7 @@ class ClientSession(asyncio.Protocol):
     ) -> None:
         server = backend.statements[stmt.sql]
         backend.statements.move_to_end(stmt.sql)
-        if command == Command.STMT_EXECUTE:
+        if command == _STMT_EXECUTE:
             try:
                 data = bind_execute(raw, payload, stmt, server)
             except ProtocolError as exc:
@@ -1033,15 +1044,15 @@ class ClientSession(asyncio.Protocol):
                 return
         else:
             data = with_statement_id(raw, server.id)
-        if command == Command.STMT_SEND_LONG_DATA:
+        if command == _STMT_SEND_LONG_DATA:
             self._long_data = True
-        elif command != Command.STMT_FETCH:
+        elif command != _STMT_FETCH:
             self._long_data = False  # execute and reset consume or drop it
-        if command in _CURSOR_COMMANDS or command == Command.STMT_RESET:
-            if command != Command.STMT_EXECUTE or wants_cursor(payload):
+        if command in _CURSOR_COMMANDS or command == _STMT_RESET:
+            if command != _STMT_EXECUTE or wants_cursor(payload):
                 self._current_statement = (command, stmt_id)
             else:
-                self._current_statement = (Command.STMT_RESET, stmt_id)
+                self._current_statement = (_STMT_RESET, stmt_id)
         self._run(backend, data, mode, msg)
 
     async def _statement_elsewhere(

@@ -303,8 +303,8 @@ class PoolManager:
         statement that reads what the previous one left asks for that connection itself
         (take_specific)."""
         pool = self.pools.get(key)  # type: ignore[arg-type]
-        if pool is None:
-            return None
+        if pool is None or not pool.idle:
+            return None  # (the funnel's steady state: every connection busy)
         idle = pool.idle
         fresh = time.monotonic() - HEALTH_CHECK_AFTER
         found = -1
@@ -484,26 +484,30 @@ class PoolManager:
                     self.release(got)
             raise
 
-    def must_queue(self, key: PoolKey) -> bool:
-        """Whether a client that found nothing idle in its state must queue: True when
-        acquire() would wait (others wait ahead, or the cap and the client's share are
-        used up with nothing to close for room); False when it would take an idle
-        connection or open one now."""
+    def queue_when_full(
+        self,
+        waiter: Waiter,
+        key: PoolKey,
+        usable: Callable[[ServerConnection], bool] | None = None,
+    ) -> bool:
+        """Queue `waiter` for a connection of `key` if acquire() would wait: others wait
+        ahead, or the cap and the client's share are used up with nothing idle to close for
+        room. False (not queued) when acquire() would take an idle connection or open one
+        now. The funnel's hot path: no scan while others wait ahead."""
         slots = self.servers[key.server]
         if slots.retired:
             return False  # (acquire() says why)
-        if slots.waiters and self._first_waiter(slots) is not None:
-            return True
-        pool = self.pools.get(key)
-        if pool is not None and pool.idle:
-            return False  # take one (or close one this client cannot use, for room)
-        if not slots.has_room(key.user):
-            return True
-        if slots.used < slots.limit:
-            return False
-        return not any(
-            p.idle and p.key.server == key.server for p in self.pools.values()
-        )  # else the least recently used idle connection of another pool makes room
+        if not (slots.waiters and self._first_waiter(slots) is not None):
+            pool = self.pools.get(key)
+            if pool is not None and pool.idle:
+                return False  # take one (or close one this client cannot use, for room)
+            if slots.has_room(key.user):
+                if slots.used < slots.limit:
+                    return False
+                if any(p.idle and p.key.server == key.server for p in self.pools.values()):
+                    return False  # the least recently used idle connection makes room
+        self.enqueue(waiter, key, usable)
+        return True
 
     def enqueue(
         self,
@@ -517,11 +521,14 @@ class PoolManager:
         waiter.usable = usable
         waiter.done = False
         waiter.since = now = time.monotonic()
-        if slots.has_room(key.user):
+        if not slots.shares or slots.has_room(key.user):
             slots.waiters.append(waiter)
         else:
             slots.park(waiter)  # at its share: only its own connections can serve it
-        self.pool(key).waited += 1
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pool(key)
+        pool.waited += 1
         deadline = now + self.config.acquire_timeout
         if slots.expiry is None or slots.expiry_at + self.config.acquire_timeout > deadline:
             self._arm_expiry(slots, now)
@@ -611,11 +618,15 @@ class PoolManager:
             return
         if slots.waiters or slots.parked:
             waiter = self._first_waiter(slots, key)
-            own = self._first_parked(slots, key)  # its user is at share: it waits for this
-            if own is not None and (waiter is None or own.since <= waiter.since):
-                waiter = own
+            queue = slots.waiters
+            if slots.parked:
+                own = self._first_parked(slots, key)  # its user is at share: it waits for this
+                if own is not None and (waiter is None or own.since <= waiter.since):
+                    waiter = own
+                    queue = slots.parked[key.user]
             if waiter is not None:
                 if waiter.key == key and (waiter.usable is None or waiter.usable(conn)):
+                    queue.popleft()  # (the first of its queue: _first_waiter/_first_parked)
                     pool.active += 1
                     waiter.done = True
                     if now - waiter.since > pool.max_wait:
@@ -667,6 +678,13 @@ class PoolManager:
         """The first waiter that can be served: one whose user is at its share steps aside
         (is parked) unless it waits for `key`, the pool of the connection being handed on."""
         waiters = slots.waiters
+        if not slots.shares:  # no user has a share: the first still waiting
+            while waiters:
+                waiter = waiters[0]
+                if not waiter.done:
+                    return waiter
+                waiters.popleft()
+            return None
         while waiters:
             waiter = waiters[0]
             if waiter.done:
