@@ -333,7 +333,7 @@ class ClientSession(asyncio.Protocol):
         """What the client sent (decrypted if TLS)."""
         try:  # (free until something raises)
             state = self.state
-            if state == READY and not self._reader.pending and single_packet(data):
+            if state == READY and not self._reader.buf and single_packet(data):
                 self._command(data, data[4] if len(data) > 4 else -1, None)  # the common case
                 return
             if state == CLOSED:
@@ -385,7 +385,9 @@ class ClientSession(asyncio.Protocol):
         )
         if scanner.state_changes or scanner.untracked:  # (before the idle timer is armed)
             self._track_state(backend)
-        self._idle_from(now)
+        self._last_active = now
+        if self._wait_limit:
+            self._idle_from(now)  # (arms the client's own wait_timeout)
         if scanner.status & _IN_TRANS:
             if not self._trans_began:
                 self._trans_began = self._began
@@ -427,7 +429,7 @@ class ClientSession(asyncio.Protocol):
                 self._release()
         if self._paused & PAUSE_PIPELINE:
             self.resume_reading(PAUSE_PIPELINE)
-        if self._reader.pending:
+        if self._reader.buf:
             self._drain()
 
     # --- the write gate (PAUSE) -------------------------------------------------------------

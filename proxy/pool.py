@@ -497,7 +497,8 @@ class PoolManager:
         slots = self.servers[key.server]
         if slots.retired:
             return False  # (acquire() says why)
-        if not (slots.waiters and self._first_waiter(slots) is not None):
+        waiters = slots.waiters
+        if not (waiters and (not waiters[0].done or self._first_waiter(slots) is not None)):
             pool = self.pools.get(key)
             if pool is not None and pool.idle:
                 return False  # take one (or close one this client cannot use, for room)
@@ -617,8 +618,11 @@ class PoolManager:
             self._close(conn)
             return
         if slots.waiters or slots.parked:
-            waiter = self._first_waiter(slots, key)
             queue = slots.waiters
+            if queue and not slots.shares and not queue[0].done:
+                waiter: Waiter | None = queue[0]  # (the common case, without a call)
+            else:
+                waiter = self._first_waiter(slots, key)
             if slots.parked:
                 own = self._first_parked(slots, key)  # its user is at share: it waits for this
                 if own is not None and (waiter is None or own.since <= waiter.since):

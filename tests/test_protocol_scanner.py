@@ -258,3 +258,22 @@ def test_state_changes_are_collected_and_stripped_for_clients_without_tracking()
         assert scanner.feed(data[cut:]) == len(data) - cut
         assert scanner.state_changes == [ok]
         assert scanner.edits == [(0, len(data), frame(1, stripped))]
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True])
+def test_warnings_and_status_of_a_result_sets_terminator(deprecate_eof):
+    """Under DEPRECATE_EOF a result set ends with an OK packet (header 0xFE), whose warnings
+    sit after affected rows and last insert id, not where an EOF keeps them: read as an EOF,
+    a SELECT's warnings were lost and its connection was handed on before SHOW WARNINGS."""
+    status = int(AUTOCOMMIT | Status.IN_TRANS)
+    rows = [text_row(b"1")]
+    payloads = [lenenc_int(1), column_def(b"c0")]
+    if deprecate_eof:
+        payloads += [*rows, ok_payload(status, warnings=3, header=0xFE)]
+    else:
+        payloads += [eof_payload(AUTOCOMMIT), *rows, eof_payload(status, warnings=3)]
+    data = packets(payloads)
+    scanner = ResponseScanner(deprecate_eof)
+    scanner.start(RESPONSE_MODES[Command.QUERY])
+    assert scanner.feed(data) == len(data)
+    assert (scanner.warnings, scanner.status, scanner.failed) == (3, status, False)

@@ -73,10 +73,10 @@ class MessageReader:
     PacketTooLarge as soon as the header says so, before any of it is buffered.
     """
 
-    __slots__ = ("_buf", "_max_size")
+    __slots__ = ("_max_size", "buf")
 
     def __init__(self, max_size: int) -> None:
-        self._buf = bytearray()
+        self.buf = bytearray()  # what does not yet form a whole message (the hot path tests it)
         self._max_size = max_size
 
     @property
@@ -90,19 +90,19 @@ class MessageReader:
     @property
     def pending(self) -> int:
         """Bytes buffered that do not yet form a whole message."""
-        return len(self._buf)
+        return len(self.buf)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf += data
+        self.buf += data
 
     def take(self) -> bytes:
         """Remove and return everything buffered (for switching to raw forwarding)."""
-        data = bytes(self._buf)
-        self._buf.clear()
+        data = bytes(self.buf)
+        self.buf.clear()
         return data
 
     def next_message(self) -> Message | None:
-        buf = self._buf
+        buf = self.buf
         n = len(buf)
         pos = 0
         total = 0

@@ -81,7 +81,6 @@ class ResponseScanner:
         "_carry",
         "_continued",
         "_count",
-        "_fed",
         "_skip",
         "_state",
         "_want",
@@ -89,6 +88,7 @@ class ResponseScanner:
         "deprecate_eof",
         "edits",
         "failed",
+        "fed",
         "infile",
         "insert_id",
         "result_set",
@@ -118,7 +118,7 @@ class ResponseScanner:
         self.untracked = False
         self.strip_state = False
         self.edits: list[tuple[int, int, bytes]] = []
-        self._fed = 0
+        self.fed = 0  # bytes of the current response consumed so far (offsets for `edits`)
         self._base = 0
 
     @property
@@ -136,15 +136,10 @@ class ResponseScanner:
         self.infile = False
         self.insert_id = 0
         self.warnings = 0
-        self._fed = 0
+        self.fed = 0
         if self.state_changes:
             self.state_changes = []
         self.untracked = False
-
-    @property
-    def fed(self) -> int:
-        """Bytes of the current response consumed so far (stream offsets for `edits`)."""
-        return self._fed
 
     @property
     def held(self) -> int:
@@ -153,8 +148,12 @@ class ResponseScanner:
 
     def feed(self, data: bytes) -> int:
         """Consume `data`; return the offset just past the response's end, or -1 if it goes on."""
-        end = self._feed(data)
-        self._fed += len(data)
+        if self._carry:
+            end = self._feed(data)
+        else:  # (the common case: no packet straddles the previous chunk)
+            self._base = self.fed
+            end = self._scan(data, 0)
+        self.fed += len(data)
         return end
 
     def _feed(self, data: bytes) -> int:
@@ -169,11 +168,11 @@ class ResponseScanner:
             pos += need
             buf = bytes(carry)
             carry.clear()
-            self._base = self._fed + pos - len(buf)
+            self._base = self.fed + pos - len(buf)
             end = self._scan(buf, 0)
             if end >= 0:
                 return pos - (len(buf) - end)
-        self._base = self._fed
+        self._base = self.fed
         return self._scan(data, pos)
 
     def _stash(self, data: bytes, pos: int, want: int) -> int:
@@ -262,8 +261,10 @@ class ResponseScanner:
         return -1
 
     def _terminator(self, data: bytes, p: int, length: int) -> int:
-        """EOF or (under DEPRECATE_EOF) OK closing a result set or a piece of one."""
-        if length < 9:
+        """EOF or (under DEPRECATE_EOF) OK closing a result set or a piece of one. Under
+        DEPRECATE_EOF it is an OK, however short (its warnings follow affected rows and
+        last insert id), unless it has an EOF's 5 bytes (an OK has at least 7)."""
+        if length < 9 and (not self.deprecate_eof or length < 7):
             if length < 5:
                 raise ProtocolError(f"EOF packet of {length} bytes (expected 5)")
             status = data[p + 3] | data[p + 4] << 8
