@@ -169,25 +169,21 @@ class ServerConnection(asyncio.Protocol):
             self._wake()
             return
         try:  # (free until something raises)
-            if self.scanner.strip_state:
+            scanner = self.scanner
+            if scanner.strip_state:
                 self._relay_stripping(data, sink)
                 return
             try:
-                end = self.scanner.feed(data)
+                end = scanner.feed(data)
             except ProtocolError as exc:
                 self._relay_failed(f"malformed response: {exc}")
                 return
-            if (
-                end == len(data)
-                and self.scanner.failed
-                and not self._forwarded
-                and sink.refused(data)
-            ):
+            if end == len(data) and scanner.failed and not self._forwarded and sink.refused(data):
                 return  # the session retries it elsewhere (failover buffering)
             self._forwarded = True
             if end < 0:
                 self._client_transport.write(data)  # type: ignore[union-attr]
-                if self.scanner.infile:
+                if scanner.infile:
                     sink.infile_requested()
                 return
             if end != len(data):

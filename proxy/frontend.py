@@ -28,7 +28,7 @@ from .login import Login, parse_client_message
 from .logs import Throttled
 from .pool import POOL_KEY_CAPABILITIES, PoolKey, ServerRetired, Waiter
 from .protocol.codec import ProtocolError, read_u32, u32
-from .protocol.constants import Capability, Command, Status
+from .protocol.constants import MAX_PAYLOAD, Capability, Command, Status
 from .protocol.framing import (
     InfileTracker,
     Message,
@@ -315,7 +315,20 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         tls = self._tls
-        if tls is not None:
+        if tls is None:
+            n = len(data)
+            if (
+                n > 4
+                and self.state == READY
+                and not self._reader.buf
+                and data[0] | data[1] << 8 | data[2] << 16 == n - 4 < MAX_PAYLOAD
+            ):
+                try:  # the common case, one whole command packet (single_packet, inlined)
+                    self._command(data, data[4], None)
+                except Exception as exc:
+                    self.crashed(exc)
+                return
+        else:
             try:
                 data = tls.feed(data)
             except Exception as exc:

@@ -131,7 +131,8 @@ class ResponseScanner:
         self._count = 0
         self._skip = 0
         self._continued = False
-        self._carry.clear()
+        if self._carry:
+            self._carry.clear()
         self.failed = False
         self.infile = False
         self.insert_id = 0
