@@ -439,7 +439,7 @@ class ClientSession(asyncio.Protocol):
                     DIAGNOSTICS_HOLD_SECONDS, self._end_diagnostics_hold
                 )
             else:
-                self._release()
+                self._release(now)
         if self._paused & PAUSE_PIPELINE:
             self.resume_reading(PAUSE_PIPELINE)
         if self._reader.buf:
@@ -838,7 +838,9 @@ class ClientSession(asyncio.Protocol):
             ):
                 return
             else:
-                backend = self.tier.pools.take_idle_exact(self.pool_key, self.session, self.id)
+                backend = self.tier.pools.take_idle_exact(
+                    self.pool_key, self.session, self.id, self._began
+                )
             if backend is not None:
                 self._attach(backend)
         if backend is None:
@@ -1178,13 +1180,13 @@ class ClientSession(asyncio.Protocol):
         if self._write_blocked:
             backend.pause_reading()
 
-    def _release(self) -> None:
+    def _release(self, now: float = 0.0) -> None:
         backend = self.backend
         if backend is not None:
             self.backend = None
             self._previous = backend
             backend.detach()
-            self.tier.pools.release(backend)
+            self.tier.pools.release(backend, now)
             if self._move_pending is not None and self.pool_key is not None:
                 self.pool_key = self.pool_key._replace(server=self._move_pending)
                 self._move_pending = None

@@ -294,7 +294,7 @@ class PoolManager:
     # --- acquiring ----------------------------------------------------------------------------
 
     def take_idle_exact(
-        self, key: PoolKey | None, state: object, session_id: int = 0
+        self, key: PoolKey | None, state: object, session_id: int = 0, now: float = 0.0
     ) -> ServerConnection | None:
         """The hot path: an idle connection already in `state` that needs no health check.
 
@@ -306,7 +306,7 @@ class PoolManager:
         if pool is None or not pool.idle:
             return None  # (the funnel's steady state: every connection busy)
         idle = pool.idle
-        fresh = time.monotonic() - HEALTH_CHECK_AFTER
+        fresh = (now or time.monotonic()) - HEALTH_CHECK_AFTER
         found = -1
         for i in range(len(idle) - 1, -1, -1):
             conn = idle[i]
@@ -604,12 +604,13 @@ class PoolManager:
 
     # --- releasing ----------------------------------------------------------------------------
 
-    def release(self, conn: ServerConnection) -> None:
-        """Return a clean connection: to the first waiter of its server, else to idle."""
+    def release(self, conn: ServerConnection, now: float = 0.0) -> None:
+        """Return a clean connection: to the first waiter of its server, else to idle.
+        `now`: the caller's time.monotonic(), if it has one."""
         key = conn.pool_key
         pool = self.pools[key]
         pool.active -= 1
-        conn.last_used = now = time.monotonic()
+        conn.last_used = now = now or time.monotonic()
         if conn.closed:
             self._closed(conn)
             return
