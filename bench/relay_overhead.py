@@ -9,7 +9,9 @@ is sluice's CPU/query over the relay's, for 1 tier and for 2 tiers over two rela
 
 The rows: point selects at 8 threads (no queueing), read_write at 16 threads with prepared
 statements off and on, and the funnel: 512 threads on sluice's 24 connections (the relays open
-512 database connections). Then the funnel's CPU per query at 64, 512 and 4,096 clients.
+512 database connections). Then the funnel's CPU per query at 64, 512 and 4,096 clients, with
+the relay beside it as the control (what more clients cost any proxy on this machine). The CPU
+is read at sysbench's per-second reports after the first second: logins are not per-query work.
 
     .venv/bin/python bench/relay_overhead.py [--seconds 10] [--rounds 2] [--rows 1,4] [--tls]
 Writes bench/results/relay_overhead.json. Needs sysbench (installed with apt when missing).
@@ -77,8 +79,9 @@ def wait_port(port: int, timeout: float = 15) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-RELAY_SCALING_MAX = int(os.environ.get("RELAY_SCALING_MAX", 512))
-"""The funnel's relay row stops here: beyond, the database would need thousands of connections."""
+RELAY_SCALING_MAX = int(os.environ.get("RELAY_SCALING_MAX", 4096))
+"""The relay, the control of the funnel's scaling, runs up to this many clients (it opens a
+database connection per client: the sandbox is started with room for them)."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -523,6 +526,21 @@ def report(
                 for n in cells
             )
             print(f"  {name:10} {line}  max/min {spread[name]:.2f}")
+        relay = {n: mean(r, "cpu_us_per_query") for n, r in funnel.get("relay", {}).items()}
+        for name in ("sluice", "sluice x2"):
+            if name not in funnel or not relay:
+                continue
+            hops = 2 if name == "sluice x2" else 1  # (two relay hops cost about twice one)
+            over = {
+                n: mean(r, "cpu_us_per_query") / (hops * relay[n])
+                for n, r in funnel[name].items()
+                if n in relay
+            }
+            cells = "  ".join(f"{n} clients {x:.2f}" for n, x in over.items())
+            print(
+                f"  {name} over {hops} x relay (the control): {cells}  "
+                f"max/min {max(over.values()) / min(over.values()):.2f}"
+            )
     if memory:
         print("\nmemory per idle client connection (proxy RSS growth):")
         for name, kib in memory.items():
