@@ -526,10 +526,7 @@ class PoolManager:
             slots.waiters.append(waiter)
         else:
             slots.park(waiter)  # at its share: only its own connections can serve it
-        pool = self.pools.get(key)
-        if pool is None:
-            pool = self.pool(key)
-        pool.waited += 1
+        self.pool(key).waited += 1
         deadline = now + self.config.acquire_timeout
         if slots.expiry is None or slots.expiry_at + self.config.acquire_timeout > deadline:
             self._arm_expiry(slots, now)
