@@ -498,7 +498,11 @@ class PoolManager:
         if slots.retired:
             return False  # (acquire() says why)
         waiters = slots.waiters
-        if not (waiters and (not waiters[0].done or self._first_waiter(slots) is not None)):
+        ahead = waiters and (
+            (not slots.shares and not waiters[0].done)  # (the common case, without a call)
+            or self._first_waiter(slots) is not None  # (one at its share steps aside)
+        )
+        if not ahead:
             pool = self.pools.get(key)
             if pool is not None and pool.idle:
                 return False  # take one (or close one this client cannot use, for room)
