@@ -303,14 +303,17 @@ class Tier:
         if writer is None:
             self.retarget(None, f"the fleet's writer {record.server!r} is not in upstream.servers")
             return None
-        for role in found.roles:  # (read_only=OFF is enough: it accepts writes)
-            if role.server != writer and role.problem is None and role.read_only is False:
-                await self._fence(role.server, record)
         answer = next((r for r in found.roles if r.server == writer), None)
         if answer is None or answer.problem is not None:
             # The fleet's writer did not answer: keep what we have (its connections report
-            # their own failures); failover buffering goes on looking.
+            # their own failures); failover buffering goes on looking. Another server found
+            # writable now is not fenced (it gets no work either way): an orchestrator that
+            # promoted it is about to RETARGET, and a fence would undo its promotion. Should
+            # the recorded writer answer again first, the next check fences it.
             return None
+        for role in found.roles:  # (read_only=OFF is enough: it accepts writes)
+            if role.server != writer and role.problem is None and role.read_only is False:
+                await self._fence(role.server, record)
         if writer != current and not found.demoted(writer):
             log.warning(
                 "following the fleet's writer %s (epoch %d)%s",

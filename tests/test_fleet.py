@@ -377,6 +377,9 @@ def test_a_dead_primary_promoted_from_outside_and_retargeted_is_recorded_not_fen
         for statement in ("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = OFF"):
             await asyncio.to_thread(root_sql, db2, statement)
         seen["promoted"] = time.monotonic()
+        # Its hooks take a moment: writer discovery (every 250 ms while commands wait) sees
+        # db2 writable while the record still names the dead db1.
+        await asyncio.sleep(1.0)
         seen["retarget"] = await asyncio.to_thread(ctl, r1, "retarget", "--to", "db2")
         await asyncio.sleep(1.5)
 
