@@ -148,3 +148,16 @@ def scalar(conn: Any, sql: str, args: Any = None) -> Any:
     with conn.cursor() as cur:
         cur.execute(sql, args)
         return cur.fetchone()[0]
+
+
+def fetch_all(statement: str, **connect: Any) -> list[Any]:
+    """Every row of one `statement` on a fresh PyMySQL connection (closed afterwards)."""
+    import pymysql
+
+    conn = pymysql.connect(**connect)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return list(cur.fetchall())
+    finally:
+        conn.close()

@@ -24,6 +24,7 @@ import pytest
 from proxy import sandbox as sandbox_mod
 
 from .conftest import short_tmp_dir
+from .harness import fetch_all
 from .processes import ROOT, Load, TierProcess, free_port, make_table
 
 APP_PASSWORD = "app-pass"
@@ -191,15 +192,14 @@ def test_a_switchover_on_one_tier_moves_every_live_remote_tier_found_in_etcd(
 
 
 def root_sql(server, statement: str) -> list:
-    conn = pymysql.connect(
-        host=server.host, port=server.port, user="root", password="root-pass", autocommit=True
+    return fetch_all(
+        statement,
+        host=server.host,
+        port=server.port,
+        user="root",
+        password="root-pass",
+        autocommit=True,
     )
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 def test_an_old_primary_that_comes_back_writable_is_fenced_and_gets_no_writes(

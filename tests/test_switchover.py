@@ -29,7 +29,7 @@ from proxy.sandbox import Sandbox
 from proxy.switchover import Switchover
 
 from .conftest import short_tmp_dir
-from .harness import TierThread, app_connection, scalar, tier_config
+from .harness import TierThread, app_connection, fetch_all, scalar, tier_config
 
 TOKEN = "switch-token"
 
@@ -69,19 +69,14 @@ def remote_config(sb: Sandbox, **overrides):
 def admin_sql(tier: TierThread, statement: str) -> list[dict]:
     address = tier.run(lambda: tier.tier.admin_addresses()["mysql"])
     host, port = address.rsplit(":", 1)
-    conn = pymysql.connect(
+    return fetch_all(
+        statement,
         host=host,
         port=int(port),
         user="admin",
         password="admin-pass",
         cursorclass=pymysql.cursors.DictCursor,
     )
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 def http_post(tier: TierThread, path: str) -> tuple[int, dict]:
