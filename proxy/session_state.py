@@ -25,12 +25,17 @@ TRACKING_SETUP = (
 A remote tier acknowledges it itself (its own connections always report), so a local tier's
 new connection costs the remote tier no pooled connection."""
 
+TRACKING_VALUES = {
+    "session_track_system_variables": "*",
+    "session_track_schema": "ON",
+    "session_track_state_change": "ON",
+}
+"""sluice's tracking settings: a connection whose client changed one of them no longer reports
+what changes on it, so that client is pinned (its state is no longer known)."""
+
 IGNORED_VARIABLES = frozenset(
     (
-        # sluice's own tracking settings
-        "session_track_system_variables",
-        "session_track_schema",
-        "session_track_state_change",
+        *TRACKING_VALUES,
         # read-only, updated by the server itself: reported, but nothing to replay
         "last_gtid",
         "in_transaction",
@@ -63,6 +68,13 @@ _PATTERNS: list[tuple[str, bytes]] = [
     (PIN_LAST_INSERT_ID, rb"\blast_insert_id\s*\(\s*[^)\s]"),
     (PIN_XA, rb"^\s*xa\b"),
     (PIN_HANDLER, rb"^\s*handler\b"),
+    # Switching sluice's session tracking off: whatever changes next goes unreported (turning
+    # the variable list off is not even reported itself). Setting sluice's own values is fine.
+    (
+        PIN_UNTRACKED,
+        rb"\bsession_track_(?:system_variables|schema|state_change)\s*:?=\s*+"
+        rb"(?!['\"]\*['\"]|['\"]?(?:on|1|true)\b)",
+    ),
 ]
 NEEDS_INSERT_ID = 1
 """The statement reads LAST_INSERT_ID(): the connection must hold this client's value."""
@@ -97,7 +109,7 @@ _SCAN_RE = re.compile(
 )
 _PREFILTER = re.compile(
     rb"@|lock|temporary|prepare|found_rows|last_insert_id|xa|handler|row_count|warnings"
-    rb"|errors|diagnostics|set\s+transaction|identity|kill"
+    rb"|errors|diagnostics|set\s+transaction|identity|kill|session_track_"
 )
 """Words at least one of which every pattern above needs: most statements have none, and a
 plain alternation over lowered text costs well under a microsecond."""
@@ -187,6 +199,8 @@ class SessionState:
             for name, value in state.system_variables.items():
                 if name not in IGNORED_VARIABLES:
                     self.variables[name] = value
+                elif TRACKING_VALUES.get(name, value) != value:
+                    described = False  # e.g. set in a stored procedure the scan cannot see
             if state.schema is not None:
                 self.schema = state.schema
             if state.state_changed and not state.system_variables and state.schema is None:

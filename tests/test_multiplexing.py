@@ -248,6 +248,19 @@ def test_schema_follows_each_client(pair, small_db):
     assert one_value(b, "SELECT DATABASE()") == "mysql"
 
 
+def test_a_client_switching_session_tracking_off_keeps_its_connection(pair, small_db):
+    """With tracking off, a USE is not reported: the connection must not reach another client
+    as if it were still in the old schema."""
+    tier, _, b = pair
+    a = app(tier, small_db)
+    a.cursor().execute("SET SESSION session_track_state_change = OFF, session_track_schema = OFF")
+    a.cursor().execute("USE mysql")
+    assert one_value(a, "SELECT DATABASE()") == "mysql"
+    assert tier.run(lambda: dict(tier.tier.pins)).get("untracked_state") == 1
+    a.close()  # pinned: its connection goes with it
+    assert one_value(b, "SELECT DATABASE()") == "app"
+
+
 def test_character_set_follows_each_client(pair):
     _, a, b = pair
     a.cursor().execute("SET NAMES latin1")

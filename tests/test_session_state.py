@@ -12,6 +12,7 @@ from proxy.session_state import (
     KILL,
     NEEDS_INSERT_ID,
     NEEDS_PREVIOUS,
+    TRACKING_SETUP,
     SessionState,
     diagnostic_query,
     parse_kill,
@@ -43,6 +44,14 @@ from proxy.session_state import (
         (b"XA START 'x'", "xa_transaction"),
         (b"HANDLER t OPEN", "handler"),
         (b"SELECT LAST_INSERT_ID(), GET_LOCK('x', 1)", "named_lock"),
+        (b"SET SESSION session_track_schema = OFF", "untracked_state"),
+        (b"set session_track_system_variables=''", "untracked_state"),  # not even reported
+        (b"SET @@session.session_track_state_change = 0", "untracked_state"),
+        (b"SET time_zone = '+00:00', session_track_schema = off", "untracked_state"),
+        (TRACKING_SETUP.encode(), None),  # sluice's own values (a local tier's connections)
+        (b"SET session_track_schema = 'ON'", None),
+        (b"SET session_track_system_variables = '*'", None),
+        (b"SELECT @@session_track_schema", None),
     ],
 )
 def test_pin_reasons(sql, pin):
@@ -113,6 +122,16 @@ def test_apply_takes_variables_and_schema_and_ignores_read_only_ones():
     assert described
     assert state.schema == "other"
     assert state.variables == {"time_zone": "+01:00"}
+
+
+def test_a_connection_whose_tracking_was_switched_off_is_not_describable():
+    """Reported OFF (e.g. by a stored procedure the statement scan never saw): what changes
+    next on that connection would go unreported."""
+    assert SessionState("app").apply([ok_with_state(sysvar("session_track_schema", "ON"))], 0)
+    for name, value in (("session_track_schema", "OFF"), ("session_track_state_change", "OFF")):
+        state = SessionState("app")
+        assert not state.apply([ok_with_state(sysvar(name, value))], 0)
+        assert state.variables == {}
 
 
 def test_a_state_change_without_details_is_not_describable():
