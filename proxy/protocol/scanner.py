@@ -192,19 +192,71 @@ class ResponseScanner:
             if self._state == DONE:  # the skipped packet was the response's last
                 return pos
         state = self._state
+        if state == FIRST and n - pos > 4 and _u32(data, pos)[0] & 0xFFFFFF == 1:
+            count = data[pos + 4]
+            if 0 < count < 0xFB:
+                # Fast path for the head of a result set: its column count, the column
+                # definitions (headers only) and, without DEPRECATE_EOF, their EOF. What it
+                # does not expect (a piece of a packet, 16 MiB ones) the loop below takes on.
+                self.result_set = True
+                pos += 5
+                state = COLUMNS
+                while pos + 4 <= n:
+                    length = _u32(data, pos)[0] & 0xFFFFFF
+                    if length == MAX_PAYLOAD:
+                        break
+                    pos += 4 + length
+                    count -= 1
+                    if not count:
+                        state = ROWS if self.deprecate_eof else COLUMNS_EOF
+                        break
+                self._count = count
+                if pos >= n:
+                    self._state = state
+                    self._skip = pos - n
+                    return -1
+                if (
+                    state == COLUMNS_EOF
+                    and pos + 9 <= n
+                    and _u32(data, pos)[0] & 0xFFFFFF == 5
+                    and data[pos + 4] == 0xFE
+                ):
+                    status = data[pos + 7] | data[pos + 8] << 8
+                    self.status = status
+                    if status & _STATE_CHANGED:
+                        self.untracked = True
+                    pos += 9
+                    if status & _CURSOR:
+                        self._state = DONE
+                        return pos
+                    state = ROWS
         while pos < n:
             if state == ROWS and not self._continued:
                 # Fast path for the bulk of a result set: plain rows, neither a terminator, an
                 # ERR, nor a 16 MiB piece. Only the header and first payload byte are read.
                 while pos + 5 <= n:
                     length = _u32(data, pos)[0] & 0xFFFFFF
-                    if data[pos + 4] >= 0xFE or not 0 < length < MAX_PAYLOAD:
+                    first = data[pos + 4]
+                    if first >= 0xFE or not 0 < length < MAX_PAYLOAD:
+                        if (
+                            first == 0xFE
+                            and (length < 9 or (self.deprecate_eof and length < MAX_PAYLOAD))
+                            and pos + 4 + length <= n
+                        ):  # its terminator, whole (the loop below takes any other case)
+                            state = self._terminator(data, pos + 4, length)
+                            pos += 4 + length
+                            if state == DONE:
+                                self._state = DONE
+                                return pos
                         break
                     pos += 4 + length
-                if pos >= n:
-                    self._state = state
-                    self._skip = pos - n
-                    return -1
+                else:
+                    if pos >= n:
+                        self._state = state
+                        self._skip = pos - n
+                        return -1
+                if state != ROWS:
+                    continue
             if n - pos < 4:
                 self._state = state
                 return self._stash(data, pos, 4)
@@ -286,28 +338,35 @@ class ResponseScanner:
         if length < 7:
             raise ProtocolError(f"OK packet of {length} bytes (expected at least 7)")
         b = data[p + 1]  # affected rows: what ROW_COUNT() now returns for a statement
-        if b < 0xFB:
+        c = data[p + 2]  # last insert id: what LAST_INSERT_ID() now returns on this connection
+        if b < 0xFB and c < 0xFB:  # (the common case: both are one byte)
             self.affected_rows = b
-            q = p + 2
+            if c:
+                self.insert_id = c
+            q = p + 3
         else:
-            n = 2 if b == 0xFC else 3 if b == 0xFD else 8
-            self.affected_rows = int.from_bytes(data[p + 2 : p + 2 + n], "little")
-            q = p + 2 + n
-            if q + 5 > end:
-                raise ProtocolError("truncated OK packet")
-        b = data[q]  # last insert id: what LAST_INSERT_ID() now returns on this connection
-        if b:
             if b < 0xFB:
-                self.insert_id = b
-                q += 1
+                self.affected_rows = b
+                q = p + 2
             else:
                 n = 2 if b == 0xFC else 3 if b == 0xFD else 8
-                self.insert_id = int.from_bytes(data[q + 1 : q + 1 + n], "little")
-                q += 1 + n
-                if q + 4 > end:
+                self.affected_rows = int.from_bytes(data[p + 2 : p + 2 + n], "little")
+                q = p + 2 + n
+                if q + 5 > end:
                     raise ProtocolError("truncated OK packet")
-        else:
-            q += 1
+            b = data[q]
+            if b:
+                if b < 0xFB:
+                    self.insert_id = b
+                    q += 1
+                else:
+                    n = 2 if b == 0xFC else 3 if b == 0xFD else 8
+                    self.insert_id = int.from_bytes(data[q + 1 : q + 1 + n], "little")
+                    q += 1 + n
+                    if q + 4 > end:
+                        raise ProtocolError("truncated OK packet")
+            else:
+                q += 1
         status = data[q] | data[q + 1] << 8
         self.warnings = data[q + 2] | data[q + 3] << 8
         if status & _STATE_CHANGED:
