@@ -178,7 +178,8 @@ class ServerConnection(asyncio.Protocol):
             except ProtocolError as exc:
                 self._relay_failed(f"malformed response: {exc}")
                 return
-            if end == len(data) and scanner.failed and not self._forwarded and sink.refused(data):
+            n = len(data)
+            if scanner.failed and end == n and not self._forwarded and sink.refused(data):
                 return  # the session retries it elsewhere (failover buffering)
             self._forwarded = True
             if end < 0:
@@ -186,7 +187,7 @@ class ServerConnection(asyncio.Protocol):
                 if scanner.infile:
                     sink.infile_requested()
                 return
-            if end != len(data):
+            if end != n:
                 self._client_transport.write(data[:end])  # type: ignore[union-attr]
                 self._relay_failed("server sent data after the end of its response")
                 return

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import struct
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -135,6 +136,8 @@ _STMT_SEND_LONG_DATA = int(Command.STMT_SEND_LONG_DATA)
 READ_ONLY_ERROR = 1290
 """ER_OPTION_PREVENTS_STATEMENT: what a read-only (demoted) server answers a write with."""
 _CURSOR_EXISTS = int(Status.CURSOR_EXISTS)
+_header = struct.Struct("<I").unpack_from
+"""A packet's header as one number: its length, and its sequence id in the top byte."""
 _STATEMENT_COMMANDS = frozenset(
     int(c)
     for c in (
@@ -321,7 +324,7 @@ class ClientSession(asyncio.Protocol):
                 n > 4
                 and self.state == READY
                 and not self._reader.buf
-                and data[0] | data[1] << 8 | data[2] << 16 == n - 4 < MAX_PAYLOAD
+                and _header(data)[0] == n - 4 < MAX_PAYLOAD  # (length; sequence id 0)
             ):
                 try:  # the common case, one whole command packet (single_packet, inlined)
                     self._command(data, data[4], None)
@@ -877,7 +880,7 @@ class ClientSession(asyncio.Protocol):
         queued.mode = mode
         queued.flags = flags
         return tier.pools.queue_when_full(
-            queued, key, None if self.session.schema is not None else _without_schema
+            queued, key, None if self.session.schema is not None else _without_schema, self._began
         )
 
     def _served(self, conn: ServerConnection) -> None:

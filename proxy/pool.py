@@ -469,7 +469,7 @@ class PoolManager:
     ) -> ServerConnection | None:
         """Queue for this server; returns a handed-over connection, or None for a reserved slot."""
         waiter = FutureWaiter()
-        self.enqueue(waiter, key, usable)
+        self._enqueue(slots, waiter, key, usable, time.monotonic())
         try:
             return await waiter.future
         except asyncio.CancelledError:  # the client went away while waiting
@@ -489,11 +489,13 @@ class PoolManager:
         waiter: Waiter,
         key: PoolKey,
         usable: Callable[[ServerConnection], bool] | None = None,
+        now: float = 0.0,
     ) -> bool:
         """Queue `waiter` for a connection of `key` if acquire() would wait: others wait
         ahead, or the cap and the client's share are used up with nothing idle to close for
         room. False (not queued) when acquire() would take an idle connection or open one
-        now. The funnel's hot path: no scan while others wait ahead."""
+        now. The funnel's hot path: no scan while others wait ahead. `now`: the caller's
+        time.monotonic(), if it has one."""
         slots = self.servers[key.server]
         if slots.retired:
             return False  # (acquire() says why)
@@ -511,7 +513,7 @@ class PoolManager:
                     return False
                 if any(p.idle and p.key.server == key.server for p in self.pools.values()):
                     return False  # the least recently used idle connection makes room
-        self.enqueue(waiter, key, usable)
+        self._enqueue(slots, waiter, key, usable, now or time.monotonic())
         return True
 
     def enqueue(
@@ -521,18 +523,31 @@ class PoolManager:
         usable: Callable[[ServerConnection], bool] | None = None,
     ) -> None:
         """Queue `waiter` for a connection of `key` (FIFO per server)."""
-        slots = self.servers[key.server]
+        self._enqueue(self.servers[key.server], waiter, key, usable, time.monotonic())
+
+    def _enqueue(
+        self,
+        slots: ServerSlots,
+        waiter: Waiter,
+        key: PoolKey,
+        usable: Callable[[ServerConnection], bool] | None,
+        now: float,
+    ) -> None:
         waiter.key = key
         waiter.usable = usable
         waiter.done = False
-        waiter.since = now = time.monotonic()
+        waiter.since = now
         if not slots.shares or slots.has_room(key.user):
             slots.waiters.append(waiter)
         else:
             slots.park(waiter)  # at its share: only its own connections can serve it
-        self.pool(key).waited += 1
-        deadline = now + self.config.acquire_timeout
-        if slots.expiry is None or slots.expiry_at + self.config.acquire_timeout > deadline:
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pool(key)
+        pool.waited += 1
+        # The expiry timer is armed for the oldest waiter: only a waiter older than that one
+        # (a parked one, or an empty queue) moves it.
+        if slots.expiry is None or slots.expiry_at > now:
             self._arm_expiry(slots, now)
 
     def _arm_expiry(self, slots: ServerSlots, oldest: float) -> None:
