@@ -312,9 +312,11 @@ class PoolManager:
             conn = idle[i]
             if conn.last_used < fresh:
                 break  # older ones are staler still: acquire() health-checks them
-            if conn.state != state or conn.closed:
-                continue
-            if not conn.diagnostics or conn.last_session == session_id:
+            if (  # (== is SessionState.__eq__; != would go through a slower default __ne__)
+                conn.state == state
+                and not conn.closed
+                and (not conn.diagnostics or conn.last_session == session_id)
+            ):
                 found = i
                 break
         if found < 0:
