@@ -277,3 +277,25 @@ def test_warnings_and_status_of_a_result_sets_terminator(deprecate_eof):
     scanner.start(RESPONSE_MODES[Command.QUERY])
     assert scanner.feed(data) == len(data)
     assert (scanner.warnings, scanner.status, scanner.failed) == (3, status, False)
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True])
+def test_a_result_set_split_in_two_anywhere_ends_in_the_same_place(deprecate_eof):
+    """The head of a result set and its terminator have fast paths for whole packets: every
+    cut, inside or between packets, must give the same end, status and warnings."""
+    status = int(AUTOCOMMIT | Status.IN_TRANS)
+    rows = [text_row(b"1", None, b"three"), text_row(b"\xfe" * 7, b"", b"x")]
+    payloads = [lenenc_int(3), column_def(b"a"), column_def(b"b"), column_def(b"c")]
+    if deprecate_eof:
+        payloads += [*rows, ok_payload(status, warnings=2, header=0xFE)]
+    else:
+        payloads += [eof_payload(AUTOCOMMIT), *rows, eof_payload(status, warnings=2)]
+    data = packets(payloads) + b"\x01\x00\x00\x00\x00"  # (the start of whatever comes next)
+    end = len(data) - 5
+    for cut in range(len(data) + 1):
+        scanner = ResponseScanner(deprecate_eof)
+        scanner.start(RESPONSE_MODES[Command.QUERY])
+        first = scanner.feed(data[:cut]) if cut else -1
+        found = first if first >= 0 else cut + scanner.feed(data[cut:])
+        assert found == end, cut
+        assert (scanner.warnings, scanner.status, scanner.result_set) == (2, status, True), cut
