@@ -280,9 +280,10 @@ def test_warnings_and_status_of_a_result_sets_terminator(deprecate_eof):
 
 
 @pytest.mark.parametrize("deprecate_eof", [False, True])
-def test_a_result_set_split_in_two_anywhere_ends_in_the_same_place(deprecate_eof):
-    """The head of a result set and its terminator have fast paths for whole packets: every
-    cut, inside or between packets, must give the same end, status and warnings."""
+@pytest.mark.parametrize("kind", ["result set", "ok", "ok then result set"])
+def test_a_response_split_in_two_anywhere_ends_in_the_same_place(kind, deprecate_eof):
+    """A whole OK, the head of a result set and its terminator have fast paths: every cut,
+    inside or between packets, must give the same end, status and warnings."""
     status = int(AUTOCOMMIT | Status.IN_TRANS)
     rows = [text_row(b"1", None, b"three"), text_row(b"\xfe" * 7, b"", b"x")]
     payloads = [lenenc_int(3), column_def(b"a"), column_def(b"b"), column_def(b"c")]
@@ -290,6 +291,11 @@ def test_a_result_set_split_in_two_anywhere_ends_in_the_same_place(deprecate_eof
         payloads += [*rows, ok_payload(status, warnings=2, header=0xFE)]
     else:
         payloads += [eof_payload(AUTOCOMMIT), *rows, eof_payload(status, warnings=2)]
+    ok = ok_payload(status, affected_rows=300, last_insert_id=7, warnings=2)
+    if kind == "ok":
+        payloads = [ok]
+    elif kind == "ok then result set":
+        payloads = [ok_payload(AUTOCOMMIT | MORE, affected_rows=1), *payloads]
     data = packets(payloads) + b"\x01\x00\x00\x00\x00"  # (the start of whatever comes next)
     end = len(data) - 5
     for cut in range(len(data) + 1):
@@ -298,4 +304,7 @@ def test_a_result_set_split_in_two_anywhere_ends_in_the_same_place(deprecate_eof
         first = scanner.feed(data[:cut]) if cut else -1
         found = first if first >= 0 else cut + scanner.feed(data[cut:])
         assert found == end, cut
-        assert (scanner.warnings, scanner.status, scanner.result_set) == (2, status, True), cut
+        assert (scanner.warnings, scanner.status) == (2, status), cut
+        assert scanner.result_set == (kind != "ok"), cut
+        if kind == "ok":
+            assert (scanner.affected_rows, scanner.insert_id) == (300, 7), cut

@@ -30,6 +30,8 @@ from .messages import strip_session_state
 FIRST, COLUMNS, COLUMNS_EOF, ROWS, PREPARE, SKIP, SINGLE, DONE = range(8)
 
 _u32 = struct.Struct("<I").unpack_from
+_row_head = struct.Struct("<IB").unpack_from
+"""A packet's header (length, sequence id in the top byte) and its first payload byte."""
 _MORE = int(Status.MORE_RESULTS_EXISTS)
 _STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
 _CURSOR = int(Status.CURSOR_EXISTS)
@@ -192,9 +194,19 @@ class ResponseScanner:
             if self._state == DONE:  # the skipped packet was the response's last
                 return pos
         state = self._state
-        if state == FIRST and n - pos > 4 and _u32(data, pos)[0] & 0xFFFFFF == 1:
-            count = data[pos + 4]
-            if 0 < count < 0xFB:
+        if state == FIRST and n - pos > 4:
+            head, count = _row_head(data, pos)
+            length = head & 0xFFFFFF
+            if not count and 0 < length < MAX_PAYLOAD and pos + 4 + length <= n:
+                # Fast path for an OK, whole (the loop below takes any other first packet).
+                self.result_set = False
+                status = self._ok(data, pos + 4, length)
+                self.status = status
+                pos += 4 + length
+                if not status & _MORE:
+                    self._state = DONE
+                    return pos
+            elif length == 1 and 0 < count < 0xFB:
                 # Fast path for the head of a result set: its column count, the column
                 # definitions (headers only) and, without DEPRECATE_EOF, their EOF. What it
                 # does not expect (a piece of a packet, 16 MiB ones) the loop below takes on.
@@ -233,13 +245,16 @@ class ResponseScanner:
         while pos < n:
             if state == ROWS and not self._continued:
                 # Fast path for the bulk of a result set: plain rows, neither a terminator, an
-                # ERR, nor a 16 MiB piece. Only the header and first payload byte are read.
-                while pos + 5 <= n:
-                    length = _u32(data, pos)[0] & 0xFFFFFF
-                    first = data[pos + 4]
-                    if first >= 0xFE or not 0 < length < MAX_PAYLOAD:
+                # ERR, nor a 16 MiB piece. Only the header and first payload byte are read (an
+                # empty packet is a row here, as below; its "first byte" is the next header's).
+                last = n - 5
+                while pos <= last:
+                    head, first = _row_head(data, pos)
+                    length = head & 0xFFFFFF
+                    if first >= 0xFE or length == MAX_PAYLOAD:
                         if (
                             first == 0xFE
+                            and length > 0
                             and (length < 9 or (self.deprecate_eof and length < MAX_PAYLOAD))
                             and pos + 4 + length <= n
                         ):  # its terminator, whole (the loop below takes any other case)
