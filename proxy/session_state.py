@@ -115,6 +115,7 @@ _PREFILTER = re.compile(
 plain alternation over lowered text costs well under a microsecond."""
 _KILL_RE = re.compile(rb"\s*kill\s+(?:(connection|query)\s+)?(\d+)\s*;?\s*\Z")
 _STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
+_SESSION_TRACK = int(Capability.SESSION_TRACK)  # (an IntFlag operator builds an enum member)
 
 NOTHING = (None, 0)
 SCAN_LIMIT = 64 * 1024
@@ -190,7 +191,7 @@ class SessionState:
         described = True
         for payload in ok_payloads:
             try:
-                ok = parse_ok(payload, capabilities | Capability.SESSION_TRACK)
+                ok = parse_ok(payload, capabilities | _SESSION_TRACK)
             except ProtocolError:
                 return False
             state = ok.session_state
@@ -307,7 +308,7 @@ class CharsetSets:
         if len(ok_payloads) != 1 or (key not in self._effects and len(self._effects) >= self.LIMIT):
             return
         try:
-            ok = parse_ok(ok_payloads[0], capabilities | Capability.SESSION_TRACK)
+            ok = parse_ok(ok_payloads[0], capabilities | _SESSION_TRACK)
         except ProtocolError:
             return
         state = ok.session_state

@@ -24,6 +24,18 @@ EOF_HEADER = 0xFE
 ERR_HEADER = 0xFF
 LOCAL_INFILE_HEADER = 0xFB
 
+# Plain ints for what parse_ok and parse_session_state test: an IntFlag operator builds an
+# enum member and an IntEnum comparison looks up a class attribute, and every OK that reports
+# state (each BEGIN and COMMIT: in_transaction, last_gtid) is parsed.
+_SESSION_TRACK = int(Capability.SESSION_TRACK)
+_STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
+_SYSTEM_VARIABLES = int(TrackerType.SYSTEM_VARIABLES)
+_SCHEMA = int(TrackerType.SCHEMA)
+_STATE_CHANGE = int(TrackerType.STATE_CHANGE)
+_TRANSACTION_STATE = int(TrackerType.TRANSACTION_STATE)
+_TRANSACTION_CHARACTERISTICS = int(TrackerType.TRANSACTION_CHARACTERISTICS)
+_GTIDS = int(TrackerType.GTIDS)
+
 
 @dataclass(slots=True)
 class SessionState:
@@ -70,10 +82,10 @@ def parse_ok(payload: bytes, capabilities: int) -> OkPacket:
     info = b""
     state = None
     data = b""
-    if capabilities & Capability.SESSION_TRACK:
+    if capabilities & _SESSION_TRACK:
         if pos < len(payload):
             info, pos = read_lenenc_bytes(payload, pos)
-            if status & Status.SESSION_STATE_CHANGED and pos < len(payload):
+            if status & _STATE_CHANGED and pos < len(payload):
                 data, pos = read_lenenc_bytes(payload, pos)
                 state = parse_session_state(data)
     else:
@@ -87,19 +99,19 @@ def parse_session_state(data: bytes) -> SessionState:
     while pos < len(data):
         kind = data[pos]
         entry, pos = read_lenenc_bytes(data, pos + 1)
-        if kind == TrackerType.SYSTEM_VARIABLES:
+        if kind == _SYSTEM_VARIABLES:
             name, p = read_lenenc_bytes(entry, 0)
             value, _ = read_lenenc_bytes(entry, p)
             state.system_variables[_raw_text(name)] = _raw_text(value)
-        elif kind == TrackerType.SCHEMA:
+        elif kind == _SCHEMA:
             state.schema = _raw_text(read_lenenc_bytes(entry, 0)[0])
-        elif kind == TrackerType.STATE_CHANGE:
+        elif kind == _STATE_CHANGE:
             state.state_changed = True
-        elif kind == TrackerType.TRANSACTION_STATE:
+        elif kind == _TRANSACTION_STATE:
             state.transaction_state = _raw_text(read_lenenc_bytes(entry, 0)[0])
-        elif kind == TrackerType.TRANSACTION_CHARACTERISTICS:
+        elif kind == _TRANSACTION_CHARACTERISTICS:
             state.transaction_characteristics = _raw_text(read_lenenc_bytes(entry, 0)[0])
-        elif kind == TrackerType.GTIDS:
+        elif kind == _GTIDS:
             state.gtids = entry
         # Unknown tracker types are skipped: the server may know more than we do.
     return state
@@ -120,7 +132,7 @@ def strip_session_state(payload: bytes) -> bytes:
         info, info_end = read_lenenc_bytes(payload, end)
         if info:
             end = info_end
-    return payload[:pos] + u16(status & ~Status.SESSION_STATE_CHANGED) + payload[pos + 2 : end]
+    return payload[:pos] + u16(status & ~_STATE_CHANGED) + payload[pos + 2 : end]
 
 
 def parse_err(payload: bytes) -> ErrPacket:
