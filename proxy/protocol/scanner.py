@@ -31,6 +31,7 @@ FIRST, COLUMNS, COLUMNS_EOF, ROWS, PREPARE, SKIP, SINGLE, DONE = range(8)
 
 _u32 = struct.Struct("<I").unpack_from
 _row_head = struct.Struct("<IB").unpack_from
+_two_u16 = struct.Struct("<HH").unpack_from
 """A packet's header (length, sequence id in the top byte) and its first payload byte."""
 _MORE = int(Status.MORE_RESULTS_EXISTS)
 _STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
@@ -335,8 +336,7 @@ class ResponseScanner:
         if length < 9 and (not self.deprecate_eof or length < 7):
             if length < 5:
                 raise ProtocolError(f"EOF packet of {length} bytes (expected 5)")
-            status = data[p + 3] | data[p + 4] << 8
-            self.warnings = data[p + 1] | data[p + 2] << 8
+            self.warnings, status = _two_u16(data, p + 1)
             if status & _STATE_CHANGED:
                 self.untracked = True  # an EOF says state changed but cannot say how
         else:
@@ -349,7 +349,6 @@ class ResponseScanner:
 
         The packet is whole in `data` (which may go on with the next ones): every read is
         checked against its length, never against the end of `data`."""
-        end = p + length
         if length < 7:
             raise ProtocolError(f"OK packet of {length} bytes (expected at least 7)")
         b = data[p + 1]  # affected rows: what ROW_COUNT() now returns for a statement
@@ -360,6 +359,7 @@ class ResponseScanner:
                 self.insert_id = c
             q = p + 3
         else:
+            end = p + length
             if b < 0xFB:
                 self.affected_rows = b
                 q = p + 2
@@ -382,8 +382,7 @@ class ResponseScanner:
                         raise ProtocolError("truncated OK packet")
             else:
                 q += 1
-        status = data[q] | data[q + 1] << 8
-        self.warnings = data[q + 2] | data[q + 3] << 8
+        status, self.warnings = _two_u16(data, q)
         if status & _STATE_CHANGED:
             payload = bytes(data[p : p + length])
             self.state_changes.append(payload)
