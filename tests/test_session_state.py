@@ -43,6 +43,10 @@ from proxy.session_state import (
         (b"SELECT LAST_INSERT_ID(42)", "last_insert_id_expr"),
         (b"XA START 'x'", "xa_transaction"),
         (b"HANDLER t OPEN", "handler"),
+        (b"\thandler t read first", "handler"),
+        (b"xa begin 'x'", "xa_transaction"),
+        (b" Prepare s FROM 'SELECT 1'", "text_prepare"),
+        (b"CREATE TEMPORARY TABLE t2 SELECT * FROM t", "temporary_table"),
         (b"SELECT LAST_INSERT_ID(), GET_LOCK('x', 1)", "named_lock"),
         (b"SET SESSION session_track_schema = OFF", "untracked_state"),
         (b"set session_track_system_variables=''", "untracked_state"),  # not even reported
@@ -67,6 +71,11 @@ def test_pin_reasons(sql, pin):
         (b"SHOW WARNINGS", NEEDS_PREVIOUS),
         (b"SELECT FOUND_ROWS()", NEEDS_PREVIOUS),
         (b"GET DIAGNOSTICS @n = NUMBER", NEEDS_PREVIOUS),
+        (b"get diagnostics n = number", NEEDS_PREVIOUS),  # (in a stored program)
+        (b"SHOW ERRORS", NEEDS_PREVIOUS),
+        (b"/* tagged */ show count(*) errors", NEEDS_PREVIOUS),
+        (b"SELECT 1; SHOW ERRORS", NEEDS_PREVIOUS),
+        (b"\n  SET TRANSACTION READ ONLY", HOLD_NEXT),
         (b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", HOLD_NEXT),
         (b"SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE", 0),  # tracked variable
         (b"START TRANSACTION", 0),
