@@ -58,16 +58,20 @@ PIN_UNTRACKED = "untracked_state"
 PIN_CHANGE_FAILED = "state_replay_failed"
 PIN_SET_OPTION = "set_option"
 
+_HEAD = rb"^(?:\s++|/\*(?!m?!).*?\*/|/\*m?!\d*+|#[^\n]*+|--(?=\s)[^\n]*+)*+"
+"""What may come before a statement's first word: space and comments (tools tag statements
+with /* ... */). An executable comment's opening only: the server runs what is inside."""
+
 _PATTERNS: list[tuple[str, bytes]] = [
     (PIN_USER_VARIABLE, rb"@[\w$`'\"]+\s*:=|\binto\s+@|\bset\s+@(?!@)"),
     (PIN_TEMPORARY_TABLE, rb"\bcreate\s+(?:or\s+replace\s+)?temporary\b"),
     (PIN_LOCK, rb"\bget_lock\s*\("),
     (PIN_TABLE_LOCK, rb"\block\s+tables?\b|\bflush\s+tables?\b.*\bwith\s+read\s+lock"),
-    (PIN_PREPARE, rb"^\s*prepare\b"),
+    (PIN_PREPARE, _HEAD + rb"prepare\b"),
     (PIN_FOUND_ROWS, rb"\bsql_calc_found_rows\b"),
     (PIN_LAST_INSERT_ID, rb"\blast_insert_id\s*\(\s*[^)\s]"),
-    (PIN_XA, rb"^\s*xa\b"),
-    (PIN_HANDLER, rb"^\s*handler\b"),
+    (PIN_XA, _HEAD + rb"xa\b"),
+    (PIN_HANDLER, _HEAD + rb"handler\b"),
     # Switching sluice's session tracking off: whatever changes next goes unreported (turning
     # the variable list off is not even reported itself). Setting sluice's own values is fine.
     (
@@ -94,8 +98,8 @@ _FLAG_PATTERNS: list[tuple[str, bytes]] = [
         rb"|\bshow\s+count\s*\(\s*\*\s*\)\s*(?:warnings|errors)\b"
         rb"|@@(?:session\.)?(?:warning_count|error_count)\b|\bget\s+(?:current\s+)?diagnostics\b",
     ),
-    ("hold_next", rb"^\s*set\s+transaction\b"),
-    ("kill", rb"^\s*kill\b"),
+    ("hold_next", _HEAD + rb"set\s+transaction\b"),
+    ("kill", _HEAD + rb"kill\b"),
 ]
 _FLAGS = {
     "insert_id": NEEDS_INSERT_ID,
@@ -114,14 +118,16 @@ session_track_), `k` (lock, kill), `g` (get diagnostics), `y` (temporary). SHOW 
 errors) is looked for on its own, HANDLER, PREPARE, SET TRANSACTION and XA by their first
 bytes. A statement with none of these (a point select, much plain DML) costs a translate
 and a find; the alternation below costs 2 µs even when nothing matches."""
-_SCANNED_FIRSTS = frozenset(b"hpx \t\n\r\x0b\x0c")
-"""First bytes of HANDLER, PREPARE and XA, and those of `\\s`, which the patterns allow first."""
+_SCANNED_FIRSTS = frozenset(b"hpx \t\n\r\x0b\x0c/#-")
+"""First bytes of HANDLER, PREPARE and XA, and those of space and comments (`_HEAD`)."""
 _PREFILTER = re.compile(
     rb"@|lock|temporary|prepare|found_rows|last_insert_id|xa|handler|row_count|warnings"
     rb"|errors|diagnostics|set\s+transaction|identity|kill|session_track_"
 )
 """Words at least one of which every pattern above needs: cheaper than the patterns."""
-_KILL_RE = re.compile(rb"\s*kill\s+(?:(connection|query)\s+)?(\d+)\s*;?\s*\Z")
+_KILL_RE = re.compile(
+    _HEAD + rb"kill\s+(?:(connection|query)\s+)?(\d+)\s*;?\s*\Z", re.DOTALL
+)
 _STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
 _SESSION_TRACK = int(Capability.SESSION_TRACK)  # (an IntFlag operator builds an enum member)
 

@@ -141,7 +141,7 @@ SQL_WORDS = [
         "@x @ := = into @@identity @@session. @@last_insert_id identity warning_count "
         "error_count get current diagnostics session_track_schema session_track_state_change "
         "session_track_system_variables '*' 'on' on off true 1 0 42 t c id sbtest1 where from "
-        "( ) ; , ' \" * /* */ # -- `"
+        "( ) ; , ' \" * /* */ /*! /*!50000 /*M! # -- `"
     ).split(),
     "show errors",
     "show count(*) errors",

@@ -290,6 +290,25 @@ def test_user_variables_pin_and_never_leak(small_db):
         b.close()
 
 
+def test_a_text_prepare_behind_a_comment_pins_the_client(small_db):
+    # Tools tag statements with a leading comment: the PREPARE behind one still leaves a
+    # statement on its connection that only this client may EXECUTE.
+    config = tier_config(small_db, pool={"max_connections": 2, "acquire_timeout": "5s"})
+    with TierThread(config) as tier:
+        a, b = app(tier, small_db), app(tier, small_db)
+        a.cursor().execute("/* app:checkout */ PREPARE s FROM 'SELECT 41 + 1'")
+        b.begin()  # b holds the connection a prepared on (the warmest idle one) ...
+        assert one_value(b, "SELECT 1") == 1
+        assert one_value(a, "EXECUTE s") == 42  # ... so a runs on the other one, unless pinned
+        b.commit()
+        for _ in range(3):
+            assert one_value(b, "SELECT 2") == 2
+            assert one_value(a, "EXECUTE s") == 42
+        assert tier.run(lambda: dict(tier.tier.pins)).get("text_prepare") == 1
+        a.close()
+        b.close()
+
+
 def test_temporary_tables_pin_and_never_leak(small_db):
     config = tier_config(small_db, pool={"max_connections": 2, "acquire_timeout": "5s"})
     with TierThread(config) as tier:

@@ -47,6 +47,13 @@ from proxy.session_state import (
         (b"xa begin 'x'", "xa_transaction"),
         (b" Prepare s FROM 'SELECT 1'", "text_prepare"),
         (b"CREATE TEMPORARY TABLE t2 SELECT * FROM t", "temporary_table"),
+        (b"/* app:checkout */ PREPARE s FROM 'SELECT 1'", "text_prepare"),
+        (b"/*!50000 PREPARE s FROM 'SELECT 1' */", "text_prepare"),  # (the server runs it)
+        (b"/*+ hint */ /*M!100100 xa start 'x'", "xa_transaction"),
+        (b"/* a\n b */ XA END 'x'", "xa_transaction"),
+        (b"-- tag\n# another\nHANDLER t OPEN", "handler"),
+        (b"--x\nHANDLER t OPEN", None),  # (not a comment: "--" needs a space after it)
+        (b"/* PREPARE s FROM 'SELECT 1' */ SELECT 1", None),
         (b"SELECT LAST_INSERT_ID(), GET_LOCK('x', 1)", "named_lock"),
         (b"SET SESSION session_track_schema = OFF", "untracked_state"),
         (b"set session_track_system_variables=''", "untracked_state"),  # not even reported
@@ -76,6 +83,8 @@ def test_pin_reasons(sql, pin):
         (b"/* tagged */ show count(*) errors", NEEDS_PREVIOUS),
         (b"SELECT 1; SHOW ERRORS", NEEDS_PREVIOUS),
         (b"\n  SET TRANSACTION READ ONLY", HOLD_NEXT),
+        (b"/* tx */ SET TRANSACTION READ ONLY", HOLD_NEXT),
+        (b"/* admin */ KILL 5", KILL),
         (b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", HOLD_NEXT),
         (b"SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE", 0),  # tracked variable
         (b"START TRANSACTION", 0),
@@ -90,6 +99,7 @@ def test_statement_needs(sql, flags):
 def test_kill_parsing():
     assert parse_kill(b"KILL 5") == (False, 5)
     assert parse_kill(b" kill connection 7 ;") == (False, 7)
+    assert parse_kill(b"/* ops */\nKILL QUERY 7") == (True, 7)
     assert parse_kill(b"KILL QUERY 1000000001") == (True, 1000000001)
     assert parse_kill(b"KILL QUERY ID 5") is None  # MariaDB's by-query-id form: not ours
     assert parse_kill(b"KILL USER app") is None
