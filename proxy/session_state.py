@@ -125,9 +125,7 @@ _PREFILTER = re.compile(
     rb"|errors|diagnostics|set\s+transaction|identity|kill|session_track_"
 )
 """Words at least one of which every pattern above needs: cheaper than the patterns."""
-_KILL_RE = re.compile(
-    _HEAD + rb"kill\s+(?:(connection|query)\s+)?(\d+)\s*;?\s*\Z", re.DOTALL
-)
+_KILL_RE = re.compile(_HEAD + rb"kill\s+(?:(connection|query)\s+)?(\d+)\s*;?\s*\Z", re.DOTALL)
 _STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
 _SESSION_TRACK = int(Capability.SESSION_TRACK)  # (an IntFlag operator builds an enum member)
 
