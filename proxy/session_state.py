@@ -58,9 +58,12 @@ PIN_UNTRACKED = "untracked_state"
 PIN_CHANGE_FAILED = "state_replay_failed"
 PIN_SET_OPTION = "set_option"
 
-_HEAD = rb"^(?:\s++|/\*(?!m?!).*?\*/|/\*m?!\d*+|#[^\n]*+|--(?=\s)[^\n]*+)*+"
-"""What may come before a statement's first word: space and comments (tools tag statements
-with /* ... */). An executable comment's opening only: the server runs what is inside."""
+_LEAD = rb"(?:\s++|/\*(?!m?!).*?\*/|/\*m?!\d*+|#[^\n]*+|--(?=\s)[^\n]*+)*+"
+"""Space and comments before a statement's first word (tools tag statements with /* ... */).
+An executable comment's opening only: the server runs what is inside."""
+_HEAD = rb"(?:^|;)" + _LEAD
+"""Where a statement's first word may be: at the start, or after a `;` (multi-statements; a
+`;` in a string literal makes at worst a needless pin)."""
 
 _PATTERNS: list[tuple[str, bytes]] = [
     (PIN_USER_VARIABLE, rb"@[\w$`'\"]+\s*:=|\binto\s+@|\bset\s+@(?!@)"),
@@ -111,13 +114,14 @@ _SCAN_RE = re.compile(
     b"|".join(b"(?P<%s>%s)" % (name.encode(), rx) for name, rx in _PATTERNS + _FLAG_PATTERNS),
     re.DOTALL,
 )
-_UNTELLING = bytes(sorted(set(range(256)) - set(b"@_kgy")))
+_UNTELLING = bytes(sorted(set(range(256)) - set(b"@_kgy;")))
 """Every byte but those the unanchored patterns above are found by, once lowered: `@` (user
 and system variables), `_` (found_rows, row_count, last_insert_id, get_lock,
-session_track_), `k` (lock, kill), `g` (get diagnostics), `y` (temporary). SHOW (warnings,
-errors) is looked for on its own, HANDLER, PREPARE, SET TRANSACTION and XA by their first
-bytes. A statement with none of these (a point select, much plain DML) costs a translate
-and a find; the alternation below costs 2 µs even when nothing matches."""
+session_track_), `k` (lock, kill), `g` (get diagnostics), `y` (temporary), and `;` (a
+statement after it). SHOW (warnings, errors) is looked for on its own, HANDLER, PREPARE,
+SET TRANSACTION and XA by their first bytes. A statement with none of these (a point
+select, much plain DML) costs a translate and a find; the alternation below costs 2 µs even
+when nothing matches."""
 _SCANNED_FIRSTS = frozenset(b"hpx \t\n\r\x0b\x0c/#-")
 """First bytes of HANDLER, PREPARE and XA, and those of space and comments (`_HEAD`)."""
 _PREFILTER = re.compile(
@@ -125,7 +129,7 @@ _PREFILTER = re.compile(
     rb"|errors|diagnostics|set\s+transaction|identity|kill|session_track_"
 )
 """Words at least one of which every pattern above needs: cheaper than the patterns."""
-_KILL_RE = re.compile(_HEAD + rb"kill\s+(?:(connection|query)\s+)?(\d+)\s*;?\s*\Z", re.DOTALL)
+_KILL_RE = re.compile(_LEAD + rb"kill\s+(?:(connection|query)\s+)?(\d+)\s*;?\s*\Z", re.DOTALL)
 _STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
 _SESSION_TRACK = int(Capability.SESSION_TRACK)  # (an IntFlag operator builds an enum member)
 

@@ -309,6 +309,26 @@ def test_a_text_prepare_behind_a_comment_pins_the_client(small_db):
         b.close()
 
 
+def test_a_text_prepare_in_a_multi_statement_pins_the_client(small_db):
+    from pymysql.constants import CLIENT
+
+    config = tier_config(small_db, pool={"max_connections": 2, "acquire_timeout": "5s"})
+    with TierThread(config) as tier:
+        a = app(tier, small_db, client_flag=CLIENT.MULTI_STATEMENTS)
+        b = app(tier, small_db, client_flag=CLIENT.MULTI_STATEMENTS)
+        cur = a.cursor()
+        cur.execute("SELECT 1; PREPARE s FROM 'SELECT 41 + 1'")
+        while cur.nextset():
+            pass
+        b.begin()  # b holds the connection a prepared on ...
+        assert one_value(b, "SELECT 1") == 1
+        assert one_value(a, "EXECUTE s") == 42  # ... so a runs on the other one, unless pinned
+        b.commit()
+        assert tier.run(lambda: dict(tier.tier.pins)).get("text_prepare") == 1
+        a.close()
+        b.close()
+
+
 def test_temporary_tables_pin_and_never_leak(small_db):
     config = tier_config(small_db, pool={"max_connections": 2, "acquire_timeout": "5s"})
     with TierThread(config) as tier:

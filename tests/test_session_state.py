@@ -54,6 +54,11 @@ from proxy.session_state import (
         (b"-- tag\n# another\nHANDLER t OPEN", "handler"),
         (b"--x\nHANDLER t OPEN", None),  # (not a comment: "--" needs a space after it)
         (b"/* PREPARE s FROM 'SELECT 1' */ SELECT 1", None),
+        (b"SELECT 1; PREPARE s FROM 'SELECT 2'", "text_prepare"),  # (multi-statements)
+        (b"select 1;xa start 'x'", "xa_transaction"),
+        (b"SELECT 1; /* c */ HANDLER t OPEN", "handler"),
+        (b"SELECT 'a; prepare'", "text_prepare"),  # (conservative)
+        (b"SELECT 1;", None),
         (b"SELECT LAST_INSERT_ID(), GET_LOCK('x', 1)", "named_lock"),
         (b"SET SESSION session_track_schema = OFF", "untracked_state"),
         (b"set session_track_system_variables=''", "untracked_state"),  # not even reported
@@ -85,6 +90,7 @@ def test_pin_reasons(sql, pin):
         (b"\n  SET TRANSACTION READ ONLY", HOLD_NEXT),
         (b"/* tx */ SET TRANSACTION READ ONLY", HOLD_NEXT),
         (b"/* admin */ KILL 5", KILL),
+        (b"COMMIT; SET TRANSACTION READ ONLY", HOLD_NEXT),
         (b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", HOLD_NEXT),
         (b"SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE", 0),  # tracked variable
         (b"START TRANSACTION", 0),
@@ -100,6 +106,7 @@ def test_kill_parsing():
     assert parse_kill(b"KILL 5") == (False, 5)
     assert parse_kill(b" kill connection 7 ;") == (False, 7)
     assert parse_kill(b"/* ops */\nKILL QUERY 7") == (True, 7)
+    assert parse_kill(b"SELECT 1; KILL 7") is None  # (the server gets it: not a lone KILL)
     assert parse_kill(b"KILL QUERY 1000000001") == (True, 1000000001)
     assert parse_kill(b"KILL QUERY ID 5") is None  # MariaDB's by-query-id form: not ours
     assert parse_kill(b"KILL USER app") is None
