@@ -58,12 +58,13 @@ PIN_UNTRACKED = "untracked_state"
 PIN_CHANGE_FAILED = "state_replay_failed"
 PIN_SET_OPTION = "set_option"
 
-_LEAD = rb"(?:\s++|/\*(?!m?!).*?\*/|/\*m?!\d*+|#[^\n]*+|--(?=\s)[^\n]*+)*+"
+_LEAD = rb"(?:\s++|/\*(?!m?!).*?\*/|/\*m?!\d*+|\*/|#[^\n]*+|--(?=[\x00-\x20])[^\n]*+)*+"
 """Space and comments before a statement's first word (tools tag statements with /* ... */).
-An executable comment's opening only: the server runs what is inside."""
-_HEAD = rb"(?:^|;)" + _LEAD
-"""Where a statement's first word may be: at the start, or after a `;` (multi-statements; a
-`;` in a string literal makes at worst a needless pin)."""
+Of an executable comment only its opening and closing: the server runs what is inside."""
+_HEAD = rb"(?:^" + _LEAD + rb"|;\s*+)"
+"""Where a statement's first word may be: at the start, or after a `;` and space
+(multi-statements; a `;` in a string literal makes at worst a needless pin). Not comments
+after a `;`: retried from every `;` inside a long comment, they would cost quadratic time."""
 
 _PATTERNS: list[tuple[str, bytes]] = [
     (PIN_USER_VARIABLE, rb"@[\w$`'\"]+\s*:=|\binto\s+@|\bset\s+@(?!@)"),
@@ -115,12 +116,12 @@ _SCAN_RE = re.compile(
     re.DOTALL,
 )
 _UNTELLING = bytes(sorted(set(range(256)) - set(b"@_kgy;")))
-"""Every byte but those the unanchored patterns above are found by, once lowered: `@` (user
-and system variables), `_` (found_rows, row_count, last_insert_id, get_lock,
-session_track_), `k` (lock, kill), `g` (get diagnostics), `y` (temporary), and `;` (a
-statement after it). SHOW (warnings, errors) is looked for on its own, HANDLER, PREPARE,
-SET TRANSACTION and XA by their first bytes. A statement with none of these (a point
-select, much plain DML) costs a translate and a find; the alternation below costs 2 µs even
+"""Every byte but those the patterns above are found by, once lowered: `@` (user and system
+variables), `_` (found_rows, row_count, last_insert_id, get_lock, session_track_), `k`
+(lock, kill), `g` (get diagnostics), `y` (temporary); and `;`, after which the anchored
+patterns may match too. SHOW (warnings, errors) is looked for on its own; HANDLER, PREPARE,
+SET TRANSACTION and XA at the start by their first bytes. A statement with none of these (a
+point select, much plain DML) costs a translate and a find; `_PREFILTER` costs 2 µs even
 when nothing matches."""
 _SCANNED_FIRSTS = frozenset(b"hpx \t\n\r\x0b\x0c/#-")
 """First bytes of HANDLER, PREPARE and XA, and those of space and comments (`_HEAD`)."""
@@ -146,7 +147,7 @@ def scan_statement(sql: bytes) -> tuple[str | None, int]:
     if len(sql) > SCAN_LIMIT:
         # A huge statement is mostly data: scanning all of it would stall every client of
         # the tier for seconds. Its head and tail hold the statement's own words.
-        sql = sql[: SCAN_LIMIT // 2] + b"\n;\n" + sql[-SCAN_LIMIT // 2 :]
+        sql = sql[: SCAN_LIMIT // 2] + b"\n\x00\n" + sql[-SCAN_LIMIT // 2 :]  # (no `;`)
     text = sql.lower()
     if (
         len(text) > 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from proxy.protocol.codec import lenenc_bytes
@@ -12,6 +14,7 @@ from proxy.session_state import (
     KILL,
     NEEDS_INSERT_ID,
     NEEDS_PREVIOUS,
+    SCAN_LIMIT,
     TRACKING_SETUP,
     SessionState,
     diagnostic_query,
@@ -56,7 +59,9 @@ from proxy.session_state import (
         (b"/* PREPARE s FROM 'SELECT 1' */ SELECT 1", None),
         (b"SELECT 1; PREPARE s FROM 'SELECT 2'", "text_prepare"),  # (multi-statements)
         (b"select 1;xa start 'x'", "xa_transaction"),
-        (b"SELECT 1; /* c */ HANDLER t OPEN", "handler"),
+        (b"SELECT 1;\n  HANDLER t OPEN", "handler"),
+        (b"/*!50000 */ PREPARE s FROM 'SELECT 1'", "text_prepare"),  # (an empty one)
+        (b"--\x01\nPREPARE s FROM 'SELECT 1'", "text_prepare"),  # (-- and a control byte)
         (b"SELECT 'a; prepare'", "text_prepare"),  # (conservative)
         (b"SELECT 1;", None),
         (b"SELECT LAST_INSERT_ID(), GET_LOCK('x', 1)", "named_lock"),
@@ -100,6 +105,24 @@ def test_pin_reasons(sql, pin):
 )
 def test_statement_needs(sql, flags):
     assert scan_statement(sql)[1] == flags
+
+
+@pytest.mark.parametrize("run", [b";/*", b";#", b";/* ", b"; -- "])
+def test_long_runs_of_semicolons_and_comments_scan_in_linear_time(run):
+    # Matching a statement's start after every `;` must not rescan the comment around it:
+    # 16 KiB of this took seconds (64 KiB, the scan limit, a minute, every client waiting).
+    sql = b"SELECT @a " + run * (16384 // len(run))  # (the @ takes it past the prefilters)
+    started = time.monotonic()
+    scan_statement(sql)
+    assert time.monotonic() - started < 1
+
+
+def test_a_huge_statement_is_not_split_into_two_statements():
+    # Past SCAN_LIMIT the head and tail are scanned joined: what starts the tail is data.
+    tail = b"xa " + b"b" * (SCAN_LIMIT // 2 - 5) + b"')"
+    sql = b"INSERT INTO t VALUES ('" + b"a" * SCAN_LIMIT + tail
+    assert sql[-SCAN_LIMIT // 2 :].startswith(b"xa ")
+    assert scan_statement(sql) == (None, 0)
 
 
 def test_kill_parsing():
