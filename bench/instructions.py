@@ -200,6 +200,7 @@ def main() -> int:
         for label, test, threads, ps, per_thousand in rows:
             events = max(1, args.events * per_thousand // 1000)
             cells: dict[str, float] = {}
+            hops: dict[str, list[float]] = {}  # per process of a chain, the client's side first
             for name, (port, counted) in targets.items():
                 sysbench(binary, test, port, threads, ps, max(1, events // 5))  # warm-up
                 counts = []
@@ -207,16 +208,26 @@ def main() -> int:
                     for c in counted:
                         c.zero()
                     queries = sysbench(binary, test, port, threads, ps, n)
-                    counts.append((sum(c.instructions() for c in counted), queries))
+                    counts.append(([c.instructions() for c in counted], queries))
                 (i1, q1), (i2, q2) = counts
-                cells[name] = (i2 - i1) / (q2 - q1)
+                hops[name] = [(b - a) / (q2 - q1) for a, b in zip(i1, i2, strict=True)]
+                cells[name] = sum(hops[name])
             table.append(
-                {"row": label, "test": test, "threads": threads, "ps": ps, "instructions": cells}
+                {
+                    "row": label,
+                    "test": test,
+                    "threads": threads,
+                    "ps": ps,
+                    "instructions": cells,
+                    "per_process": hops,
+                }
             )
             r, s, r2, s2 = (cells[n] / 1e3 for n in ("relay", "sluice", "relay x2", "sluice x2"))
+            local, remote = (x / 1e3 for x in hops["sluice x2"])
             print(
                 f"{label:32s} relay {r:6.1f}k  sluice {s:6.1f}k ({s / r:.1f}x)  "
-                f"relay x2 {r2:6.1f}k  sluice x2 {s2:6.1f}k ({s2 / r2:.1f}x)"
+                f"relay x2 {r2:6.1f}k  sluice x2 {s2:6.1f}k ({s2 / r2:.1f}x; "
+                f"local {local:.1f}k + remote {remote:.1f}k)"
             )
             sys.stdout.flush()
         print("(user-space instructions per query, summed over each chain's processes)")
