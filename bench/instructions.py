@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from relay_overhead import ensure_sysbench, free_port, wait_port  # noqa: E402
+from relay_overhead import ensure_sysbench, free_port, sysbench_command, tier_config, wait_port  # noqa: E402
 
 from proxy import sandbox  # noqa: E402
 
@@ -115,20 +115,7 @@ def relay(work: Path, name: str, host: str, port: int) -> Counted:
 
 
 def tier(work: Path, name: str, role: str, upstream: str, pool: int) -> Counted:
-    listen = free_port()
-    config = work / f"{name}.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "tier": role,
-                "listen": [f"127.0.0.1:{listen}"],
-                "users": [{"name": "app", "password": "app-pass"}],
-                "upstream": {"servers": [{"name": "up1", "address": upstream}]},
-                "pool": {"max_connections": pool, "acquire_timeout": 120},
-                "log": {"level": "warning"},
-            }
-        )
-    )
+    config, listen = tier_config(work, name, role, upstream, pool, acquire_timeout=120)
     argv = [sys.executable, "-m", "proxy.cli", "run", "-c", str(config)]
     return Counted(work, name, argv, listen)
 
@@ -136,28 +123,13 @@ def tier(work: Path, name: str, role: str, upstream: str, pool: int) -> Counted:
 def sysbench(
     binary: str, test: str, port: int, threads: int, ps: bool, events: int, action: str = "run"
 ) -> int:
-    """Queries sysbench ran (its own count)."""
-    out = subprocess.run(
-        [
-            binary,
-            test,
-            "--mysql-host=127.0.0.1",
-            f"--mysql-port={port}",
-            "--mysql-user=app",
-            "--mysql-password=app-pass",
-            "--mysql-db=app",
-            "--tables=4",
-            "--table-size=10000",
-            f"--threads={threads}",
-            "--time=0",
-            f"--events={events}",
-            "--db-ps-mode=auto" if ps else "--db-ps-mode=disable",
-            action,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1800,
+    """Queries sysbench ran (its own count): `events` of them, however long they take."""
+    shape = argparse.Namespace(seconds=0, table_size=10000)
+    ps_mode = "--db-ps-mode=auto" if ps else "--db-ps-mode=disable"
+    cmd = sysbench_command(
+        binary, test, port, shape, threads, action, (f"--events={events}", ps_mode)
     )
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"sysbench {action} on port {port} failed:\n{out.stdout}\n{out.stderr}")
     m = re.search(r"queries:\s+(\d+)", out.stdout)

@@ -190,9 +190,10 @@ def spawn_relay(procs: list[subprocess.Popen], host: str, port: int) -> tuple[in
     return listen, proc.pid
 
 
-def spawn_tier(
-    procs: list[subprocess.Popen], work: Path, name: str, tier: str, upstream: str, pool: int
-) -> tuple[int, int]:
+def tier_config(
+    work: Path, name: str, tier: str, upstream: str, pool: int, acquire_timeout: int = 60
+) -> tuple[Path, int]:
+    """A `sluice run` config for a benchmark tier on a free port: (its path, the port)."""
     listen = free_port()
     config = work / f"{name}.yaml"
     config.write_text(
@@ -202,11 +203,18 @@ def spawn_tier(
                 "listen": [f"127.0.0.1:{listen}"],
                 "users": [{"name": "app", "password": "app-pass"}],
                 "upstream": {"servers": [{"name": "up1", "address": upstream}]},
-                "pool": {"max_connections": pool, "acquire_timeout": 60},
+                "pool": {"max_connections": pool, "acquire_timeout": acquire_timeout},
                 "log": {"level": "warning"},
             }
         )
     )
+    return config, listen
+
+
+def spawn_tier(
+    procs: list[subprocess.Popen], work: Path, name: str, tier: str, upstream: str, pool: int
+) -> tuple[int, int]:
+    config, listen = tier_config(work, name, tier, upstream, pool)
     proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "run", "-c", str(config)], cwd=ROOT)
     procs.append(proc)
     wait_port(listen)

@@ -11,6 +11,7 @@ import uuid
 import aiomysql
 import pymysql
 import pytest
+from pymysql.constants import CLIENT
 
 from proxy import sandbox as sandbox_mod
 
@@ -290,13 +291,25 @@ def test_user_variables_pin_and_never_leak(small_db):
         b.close()
 
 
-def test_a_text_prepare_behind_a_comment_pins_the_client(small_db):
-    # Tools tag statements with a leading comment: the PREPARE behind one still leaves a
-    # statement on its connection that only this client may EXECUTE.
+@pytest.mark.parametrize(
+    ("prepare", "client_flag"),
+    [
+        # Tools tag statements with a leading comment.
+        ("/* app:checkout */ PREPARE s FROM 'SELECT 41 + 1'", 0),
+        ("SELECT 1; PREPARE s FROM 'SELECT 41 + 1'", CLIENT.MULTI_STATEMENTS),
+    ],
+)
+def test_a_text_prepare_not_at_the_start_pins_the_client(small_db, prepare, client_flag):
+    # The PREPARE still leaves a statement on its connection that only this client may
+    # EXECUTE.
     config = tier_config(small_db, pool={"max_connections": 2, "acquire_timeout": "5s"})
     with TierThread(config) as tier:
-        a, b = app(tier, small_db), app(tier, small_db)
-        a.cursor().execute("/* app:checkout */ PREPARE s FROM 'SELECT 41 + 1'")
+        a = app(tier, small_db, client_flag=client_flag)
+        b = app(tier, small_db)
+        cur = a.cursor()
+        cur.execute(prepare)
+        while cur.nextset():
+            pass
         b.begin()  # b holds the connection a prepared on (the warmest idle one) ...
         assert one_value(b, "SELECT 1") == 1
         assert one_value(a, "EXECUTE s") == 42  # ... so a runs on the other one, unless pinned
@@ -304,26 +317,6 @@ def test_a_text_prepare_behind_a_comment_pins_the_client(small_db):
         for _ in range(3):
             assert one_value(b, "SELECT 2") == 2
             assert one_value(a, "EXECUTE s") == 42
-        assert tier.run(lambda: dict(tier.tier.pins)).get("text_prepare") == 1
-        a.close()
-        b.close()
-
-
-def test_a_text_prepare_in_a_multi_statement_pins_the_client(small_db):
-    from pymysql.constants import CLIENT
-
-    config = tier_config(small_db, pool={"max_connections": 2, "acquire_timeout": "5s"})
-    with TierThread(config) as tier:
-        a = app(tier, small_db, client_flag=CLIENT.MULTI_STATEMENTS)
-        b = app(tier, small_db, client_flag=CLIENT.MULTI_STATEMENTS)
-        cur = a.cursor()
-        cur.execute("SELECT 1; PREPARE s FROM 'SELECT 41 + 1'")
-        while cur.nextset():
-            pass
-        b.begin()  # b holds the connection a prepared on ...
-        assert one_value(b, "SELECT 1") == 1
-        assert one_value(a, "EXECUTE s") == 42  # ... so a runs on the other one, unless pinned
-        b.commit()
         assert tier.run(lambda: dict(tier.tier.pins)).get("text_prepare") == 1
         a.close()
         b.close()
