@@ -133,9 +133,9 @@ _PREFILTER = re.compile(
     rb"|_(?:(?<=found_)rows|(?<=last_)insert_id|(?<=row_)count|(?<=session_)track_)"
     rb"|;\s*+" + _ANCHORED_WORDS
 )
-"""A word every other pattern needs, each found from a byte rarer than its first (the
-search skips to `@ k y w g _ ;` and looks back): half what an alternation of the words
-themselves costs, which tries each word at almost every byte."""
+"""A word each unanchored pattern needs, or an anchored one's after a `;`: each found from a
+byte rarer than its first (the search skips to `@ k y w g _ ;` and looks back), half what an
+alternation of the words themselves costs, which tries each word at almost every byte."""
 _KILL_RE = re.compile(_LEAD + rb"kill\s+(?:(connection|query)\s+)?(\d+)\s*;?\s*\Z", re.DOTALL)
 _STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
 _SESSION_TRACK = int(Capability.SESSION_TRACK)  # (an IntFlag operator builds an enum member)
