@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import struct
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from .health import set_keepalive
 from .login import Login, parse_client_message
 from .logs import Throttled
 from .pool import POOL_KEY_CAPABILITIES, PoolKey, ServerRetired, Waiter
-from .protocol.codec import ProtocolError, read_u32, u32
+from .protocol.codec import ProtocolError, read_u32, u32, unpack_u32
 from .protocol.constants import MAX_PAYLOAD, Capability, Command, Status
 from .protocol.framing import (
     InfileTracker,
@@ -136,8 +135,6 @@ _STMT_SEND_LONG_DATA = int(Command.STMT_SEND_LONG_DATA)
 READ_ONLY_ERROR = 1290
 """ER_OPTION_PREVENTS_STATEMENT: what a read-only (demoted) server answers a write with."""
 _CURSOR_EXISTS = int(Status.CURSOR_EXISTS)
-_header = struct.Struct("<I").unpack_from
-"""A packet's header as one number: its length, and its sequence id in the top byte."""
 _STATEMENT_COMMANDS = frozenset(
     int(c)
     for c in (
@@ -324,7 +321,7 @@ class ClientSession(asyncio.Protocol):
                 n > 4
                 and self.state == READY
                 and not self._reader.buf
-                and _header(data)[0] == n - 4 < MAX_PAYLOAD  # (length; sequence id 0)
+                and unpack_u32(data)[0] == n - 4 < MAX_PAYLOAD  # (length; sequence id 0)
             ):
                 try:  # the common case, one whole command packet (single_packet, inlined)
                     self._command(data, data[4], None)

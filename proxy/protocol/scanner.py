@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import struct
 
-from .codec import ProtocolError
+from .codec import ProtocolError, unpack_u32
 from .constants import MAX_PAYLOAD, Command, Status
 from .framing import frame
 from .messages import strip_session_state
 
 FIRST, COLUMNS, COLUMNS_EOF, ROWS, PREPARE, SKIP, SINGLE, DONE = range(8)
 
-_u32 = struct.Struct("<I").unpack_from
 _row_head = struct.Struct("<IB").unpack_from
-_two_u16 = struct.Struct("<HH").unpack_from
 """A packet's header (length, sequence id in the top byte) and its first payload byte."""
+_two_u16 = struct.Struct("<HH").unpack_from
+"""Two u16 in a row: an OK's status and warnings, an EOF's warnings and status."""
 _MORE = int(Status.MORE_RESULTS_EXISTS)
 _STATE_CHANGED = int(Status.SESSION_STATE_CHANGED)
 _CURSOR = int(Status.CURSOR_EXISTS)
@@ -215,7 +215,7 @@ class ResponseScanner:
                 pos += 5
                 state = COLUMNS
                 while pos + 4 <= n:
-                    length = _u32(data, pos)[0] & 0xFFFFFF
+                    length = unpack_u32(data, pos)[0] & 0xFFFFFF
                     if length == MAX_PAYLOAD:
                         break
                     pos += 4 + length
@@ -231,7 +231,7 @@ class ResponseScanner:
                 if (
                     state == COLUMNS_EOF
                     and pos + 9 <= n
-                    and _u32(data, pos)[0] & 0xFFFFFF == 5
+                    and unpack_u32(data, pos)[0] & 0xFFFFFF == 5
                     and data[pos + 4] == 0xFE
                 ):
                     status = data[pos + 7] | data[pos + 8] << 8
