@@ -471,7 +471,7 @@ class PoolManager:
     ) -> ServerConnection | None:
         """Queue for this server; returns a handed-over connection, or None for a reserved slot."""
         waiter = FutureWaiter()
-        self._enqueue(slots, waiter, key, usable, time.monotonic())
+        self.enqueue(waiter, key, usable, 0.0, slots)
         try:
             return await waiter.future
         except asyncio.CancelledError:  # the client went away while waiting
@@ -515,7 +515,7 @@ class PoolManager:
                     return False
                 if any(p.idle and p.key.server == key.server for p in self.pools.values()):
                     return False  # the least recently used idle connection makes room
-        self._enqueue(slots, waiter, key, usable, now or time.monotonic())
+        self.enqueue(waiter, key, usable, now, slots)
         return True
 
     def enqueue(
@@ -523,18 +523,14 @@ class PoolManager:
         waiter: Waiter,
         key: PoolKey,
         usable: Callable[[ServerConnection], bool] | None = None,
+        now: float = 0.0,
+        slots: ServerSlots | None = None,
     ) -> None:
-        """Queue `waiter` for a connection of `key` (FIFO per server)."""
-        self._enqueue(self.servers[key.server], waiter, key, usable, time.monotonic())
-
-    def _enqueue(
-        self,
-        slots: ServerSlots,
-        waiter: Waiter,
-        key: PoolKey,
-        usable: Callable[[ServerConnection], bool] | None,
-        now: float,
-    ) -> None:
+        """Queue `waiter` for a connection of `key` (FIFO per server). `now`: the caller's
+        time.monotonic(), `slots`: its server's, if it has them."""
+        if slots is None:
+            slots = self.servers[key.server]
+        now = now or time.monotonic()
         waiter.key = key
         waiter.usable = usable
         waiter.done = False
