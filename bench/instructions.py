@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -33,7 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from relay_overhead import ensure_sysbench, free_port, sysbench_command, tier_config, wait_port  # noqa: E402
+from relay_overhead import (  # noqa: E402
+    ensure_command,
+    ensure_sysbench,
+    free_port,
+    sysbench_command,
+    tier_config,
+    wait_port,
+)
 
 from proxy import sandbox  # noqa: E402
 
@@ -45,17 +51,6 @@ ROWS = (
 )
 """relay_overhead.py's rows without a funnel (under callgrind 512 clients would mostly measure
 valgrind's scheduler). A read_write event is 18 queries."""
-
-
-def ensure_valgrind() -> None:
-    if shutil.which("valgrind") and shutil.which("callgrind_control"):
-        return
-    if os.geteuid() != 0:
-        sys.exit("bench: valgrind is missing; install it (apt-get install valgrind) and rerun")
-    subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "valgrind"], check=True, stdout=subprocess.DEVNULL
-    )
 
 
 class Counted:
@@ -133,7 +128,7 @@ def sysbench(
     if out.returncode != 0:
         raise RuntimeError(f"sysbench {action} on port {port} failed:\n{out.stdout}\n{out.stderr}")
     m = re.search(r"queries:\s+(\d+)", out.stdout)
-    return int(m.group(1)) if m else 0
+    return int(m.group(1)) if m else 0  # (prepare prints none)
 
 
 def main() -> int:
@@ -145,7 +140,7 @@ def main() -> int:
     parser.add_argument("--pool", type=int, default=24, help="each sluice tier's pool")
     args = parser.parse_args()
     binary = ensure_sysbench()
-    ensure_valgrind()
+    ensure_command("valgrind")  # (callgrind_control comes with it)
     rows = [ROWS[int(i) - 1] for i in args.rows.split(",")] if args.rows else list(ROWS)
     work = Path(tempfile.mkdtemp(prefix="sluice-instr-", dir="/tmp"))
     sb = sandbox.up(work / "db", replicas=0, max_connections=300)

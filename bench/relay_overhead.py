@@ -44,23 +44,26 @@ from proxy import sandbox  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def ensure_sysbench() -> str:
-    path = shutil.which("sysbench")
+def ensure_command(name: str) -> str:
+    """The path of `name`, installed with apt (package of the same name) when missing."""
+    path = shutil.which(name)
     if path:
         return path
     if os.geteuid() == 0:
         subprocess.run(
-            ["apt-get", "install", "-y", "-q", "sysbench"], check=False, stdout=subprocess.DEVNULL
+            ["apt-get", "install", "-y", "-q", name], check=False, stdout=subprocess.DEVNULL
         )
-        if not shutil.which("sysbench"):
+        if not shutil.which(name):
             subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
             subprocess.run(
-                ["apt-get", "install", "-y", "-q", "sysbench"],
-                check=True,
-                stdout=subprocess.DEVNULL,
+                ["apt-get", "install", "-y", "-q", name], check=True, stdout=subprocess.DEVNULL
             )
-        return shutil.which("sysbench") or sys.exit("sysbench did not install")
-    sys.exit("bench: sysbench is missing; install it (apt-get install sysbench) and rerun")
+        return shutil.which(name) or sys.exit(f"{name} did not install")
+    sys.exit(f"bench: {name} is missing; install it (apt-get install {name}) and rerun")
+
+
+def ensure_sysbench() -> str:
+    return ensure_command("sysbench")
 
 
 def free_port() -> int:
