@@ -18,6 +18,7 @@ import asyncio
 import logging
 import ssl
 import time
+from bisect import bisect_left
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -901,7 +902,10 @@ class ClientSession(asyncio.Protocol):
                 )
             ):
                 self._handed = None
-                tier.stats.pool_wait.observe(conn.last_used - queued.since)
+                waited = conn.last_used - queued.since  # (Histogram.observe, inlined)
+                histogram = tier.stats.pool_wait
+                histogram.counts[bisect_left(histogram.bounds, waited)] += 1
+                histogram.sum += waited
                 self._attach(conn)
                 self._run(conn, self._last_raw, queued.mode, self._last_msg)
                 return

@@ -539,7 +539,7 @@ class PoolManager:
             slots.waiters.append(waiter)
         else:
             slots.park(waiter)  # at its share: only its own connections can serve it
-        self.pool(key).waited += 1
+        (self.pools.get(key) or self.pool(key)).waited += 1
         # The expiry timer is armed for the oldest waiter: only a waiter older than that one
         # (a parked one, or an empty queue) moves it.
         if slots.expiry is None or slots.expiry_at > now:
