@@ -13,7 +13,15 @@ statements off and on, and the funnel: 512 threads on sluice's 24 connections (t
 the relay beside it as the control (what more clients cost any proxy on this machine). The CPU
 is read at sysbench's per-second reports after the first second: logins are not per-query work.
 
+The funnel runs twice. As fast as each target answers, its throughput falls as clients grow
+(4,096 sysbench threads share the 2 cores with the proxies and the database), and with it how
+many queries each wakeup of the event loop carries: the relay's CPU per query grows by half
+from 64 to 4,096 clients for that alone. So the funnel runs again at one offered load for every
+cell (sysbench --rate, --pace times the slowest cell's throughput): what remains of a growth
+with clients is the proxy's own, the figure for "within 10%".
+
     .venv/bin/python bench/relay_overhead.py [--seconds 10] [--rounds 2] [--rows 1,4] [--tls]
+                                             [--scaling 64,512,4096] [--pace 0.7]
 Writes bench/results/relay_overhead.json. Needs sysbench (installed with apt when missing).
 
 With --tls the clients' hop is also measured over TLS on the rows without a funnel: sluice with
@@ -257,14 +265,18 @@ def measure(
     ps: bool,
     args: argparse.Namespace,
     tls_files: Path | None = None,
+    rate: int = 0,
 ) -> dict[str, float]:
     """One sysbench run against `target`: its summary, and the proxy's CPU per query in
     the steady state. The CPU is read at sysbench's per-second reports, from the end of the
     first second to the last report: the logins of thousands of clients (measured by
-    bench/connection_limit.py) and the ramp-up stay out of a figure meant per query."""
+    bench/connection_limit.py) and the ramp-up stay out of a figure meant per query.
+    `rate`: events per second offered (0: as fast as the target answers)."""
     extra = ["--db-ps-mode=auto" if ps else "--db-ps-mode=disable"]
     if tls_files is not None:
         extra.append("--mysql-ssl=on")
+    if rate:
+        extra.append(f"--rate={rate}")
     cmd = sysbench_command(binary, test, target.port, args, threads, "run", tuple(extra))
     cmd[cmd.index("--report-interval=0")] = "--report-interval=1"
     samples: list[tuple[float, float, float]] = []  # (cpu, user cpu, queries so far)
@@ -310,6 +322,12 @@ def main() -> int:
     parser.add_argument(
         "--scaling", default=",".join(map(str, SCALING)), help="funnel clients ('' for none)"
     )
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.7,
+        help="the funnel again at this fraction of its slowest cell's throughput (0: not)",
+    )
     parser.add_argument("--tls", action="store_true", help="also measure the clients' hop over TLS")
     parser.add_argument("--idle", type=int, default=300, help="idle connections for memory")
     args = parser.parse_args()
@@ -347,20 +365,21 @@ def main() -> int:
             table.append({"row": label, "test": test, "threads": threads, "ps": ps, "runs": runs})
             print_row(table[-1])
         funnel: dict[str, dict[int, list[dict[str, float]]]] = {}
+        paced: dict[str, dict[int, list[dict[str, float]]]] = {}
+        rate = 0
         if scaling:
             if "oltp_point_select" not in prepared:
                 sysbench(binary, "oltp_point_select", db.port, args, threads=8, action="prepare")
-            # The relay opens a database connection per client: up to RELAY_SCALING_MAX.
-            for name in ("relay", "sluice", "sluice x2"):
-                counts = relay_scaling if name == "relay" else scaling
-                funnel[name] = {n: [] for n in counts}
-                for _ in range(args.rounds):
-                    for n in counts:
-                        funnel[name][n].append(
-                            measure(binary, targets[name], "oltp_point_select", n, False, args)
-                        )
+            funnel = scaling_runs(binary, targets, scaling, relay_scaling, args)
+            if args.pace:
+                # The same clients at one offered load, below what the slowest cell served.
+                slowest = min(
+                    mean(runs, "qps") for cells in funnel.values() for runs in cells.values()
+                )
+                rate = int(args.pace * slowest)
+                paced = scaling_runs(binary, targets, scaling, relay_scaling, args, rate)
         memory = idle_memory({**targets, **tls_targets}, args.idle, tls_files) if args.tls else {}
-        report(table, funnel, args, memory)
+        report(table, funnel, paced, rate, args, memory)
     finally:
         for p in procs:
             p.terminate()
@@ -369,6 +388,64 @@ def main() -> int:
         sandbox.down(work / "db")
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def scaling_runs(
+    binary: str,
+    targets: dict[str, Target],
+    scaling: list[int],
+    relay_scaling: list[int],
+    args: argparse.Namespace,
+    rate: int = 0,
+) -> dict[str, dict[int, list[dict[str, float]]]]:
+    """Point selects by the funnel's clients, for the relay (the control: it opens a database
+    connection per client, up to RELAY_SCALING_MAX), sluice and sluice x2."""
+    funnel: dict[str, dict[int, list[dict[str, float]]]] = {}
+    for name in ("relay", "sluice", "sluice x2"):
+        counts = relay_scaling if name == "relay" else scaling
+        funnel[name] = {n: [] for n in counts}
+        for _ in range(args.rounds):
+            for n in counts:
+                funnel[name][n].append(
+                    measure(binary, targets[name], "oltp_point_select", n, False, args, rate=rate)
+                )
+    return funnel
+
+
+def scaling_report(funnel: dict, title: str) -> dict[str, float]:
+    """Print CPU per query by clients for each target, and over the relay's (the control);
+    return each target's max/min."""
+    spread: dict[str, float] = {}
+    if not funnel:
+        return spread
+    print(f"\n{title}")
+    for name, by_clients in funnel.items():
+        cells = {n: mean(runs, "cpu_us_per_query") for n, runs in by_clients.items()}
+        spread[name] = max(cells.values()) / min(cells.values())
+        line = "  ".join(
+            f"{n} clients {cells[n]:.1f} µs "
+            f"(user {mean(by_clients[n], 'user_us_per_query'):.1f}, "
+            f"{mean(by_clients[n], 'qps'):.0f} q/s, "
+            f"{sum(r['errors'] for r in by_clients[n])} errors)"
+            for n in cells
+        )
+        print(f"  {name:10} {line}  max/min {spread[name]:.2f}")
+    relay = {n: mean(r, "cpu_us_per_query") for n, r in funnel.get("relay", {}).items()}
+    for name in ("sluice", "sluice x2"):
+        if name not in funnel or not relay:
+            continue
+        hops = 2 if name == "sluice x2" else 1  # (two relay hops cost about twice one)
+        over = {
+            n: mean(r, "cpu_us_per_query") / (hops * relay[n])
+            for n, r in funnel[name].items()
+            if n in relay
+        }
+        cells = "  ".join(f"{n} clients {x:.2f}" for n, x in over.items())
+        print(
+            f"  {name} over {hops} x relay (the control): {cells}  "
+            f"max/min {max(over.values()) / min(over.values()):.2f}"
+        )
+    return spread
 
 
 def start_tls_targets(
@@ -482,7 +559,12 @@ def ratio(runs: dict, a: str, b: str) -> float:
 
 
 def report(
-    table: list[dict], funnel: dict, args: argparse.Namespace, memory: dict[str, float]
+    table: list[dict],
+    funnel: dict,
+    paced: dict,
+    rate: int,
+    args: argparse.Namespace,
+    memory: dict[str, float],
 ) -> None:
     print(
         f"\nseconds={args.seconds} rounds={args.rounds} pool={args.pool} per sluice tier "
@@ -523,35 +605,14 @@ def report(
             f"{e['sluice_tls_over_sluice_cpu']:.2f}; sluice-tls / relay-tls = "
             f"{e['sluice_tls_over_relay_tls_cpu']:.2f}"
         )
-    spread = {}
-    if funnel:
-        print("\nfunnel CPU per query by clients (point selects; target: within 10%)")
-        for name, by_clients in funnel.items():
-            cells = {n: mean(runs, "cpu_us_per_query") for n, runs in by_clients.items()}
-            spread[name] = max(cells.values()) / min(cells.values())
-            line = "  ".join(
-                f"{n} clients {cells[n]:.1f} µs "
-                f"(user {mean(by_clients[n], 'user_us_per_query'):.1f}, "
-                f"{mean(by_clients[n], 'qps'):.0f} q/s, "
-                f"{sum(r['errors'] for r in by_clients[n])} errors)"
-                for n in cells
-            )
-            print(f"  {name:10} {line}  max/min {spread[name]:.2f}")
-        relay = {n: mean(r, "cpu_us_per_query") for n, r in funnel.get("relay", {}).items()}
-        for name in ("sluice", "sluice x2"):
-            if name not in funnel or not relay:
-                continue
-            hops = 2 if name == "sluice x2" else 1  # (two relay hops cost about twice one)
-            over = {
-                n: mean(r, "cpu_us_per_query") / (hops * relay[n])
-                for n, r in funnel[name].items()
-                if n in relay
-            }
-            cells = "  ".join(f"{n} clients {x:.2f}" for n, x in over.items())
-            print(
-                f"  {name} over {hops} x relay (the control): {cells}  "
-                f"max/min {max(over.values()) / min(over.values()):.2f}"
-            )
+    spread = scaling_report(
+        funnel, "funnel CPU per query by clients (point selects, as fast as each answers)"
+    )
+    paced_spread = scaling_report(
+        paced,
+        f"the same at {rate} queries/s offered to every cell (sysbench --rate; the figure for "
+        "the target: within 10%)",
+    )
     if memory:
         print("\nmemory per idle client connection (proxy RSS growth):")
         for name, kib in memory.items():
@@ -565,6 +626,9 @@ def report(
                 "table": summary,
                 "funnel": {k: {str(n): r for n, r in v.items()} for k, v in funnel.items()},
                 "funnel_spread": spread,
+                "paced_rate": rate,
+                "paced": {k: {str(n): r for n, r in v.items()} for k, v in paced.items()},
+                "paced_spread": paced_spread,
                 "memory_kib": memory,
             },
             indent=2,
