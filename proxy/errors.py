@@ -177,6 +177,16 @@ def unknown_thread(thread_id: int) -> ClientError:
     )
 
 
+def kill_not_alone() -> ClientError:
+    return ClientError(
+        ErrorCode.NOT_SUPPORTED_YET,
+        "this KILL is not carried out through sluice: send KILL [CONNECTION|QUERY] <id> as a "
+        "statement of its own, with the id of a client's handshake (or one SHOW PROCESSLIST "
+        "shows). On the database, any other KILL (in a multi-statement, of a USER, a QUERY ID, "
+        "HARD or SOFT) would reach the pooled connections of other clients",
+    )
+
+
 def not_thread_owner(thread_id: int) -> ClientError:
     return ClientError(
         ErrorCode.KILL_DENIED,

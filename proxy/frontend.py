@@ -56,6 +56,7 @@ from .session_state import (
     charset_set_key,
     charset_set_ok,
     diagnostic_query,
+    has_kill_statement,
     idle_status,
     parse_kill,
     pin_reason,
@@ -1461,7 +1462,12 @@ class ClientSession(asyncio.Protocol):
         """KILL [CONNECTION|QUERY] n, where n is a sluice client id (from the handshake)."""
         parsed = parse_kill(sql)
         if parsed is None:
-            return False
+            if not has_kill_statement(sql):
+                return False  # (a `; kill` inside a string literal, say)
+            # On the database it would name a server thread, any of this user's: maybe
+            # another client's pooled connection.
+            self._reply_error((msg.last_seq if msg else 0) + 1, errors.kill_not_alone())
+            return True
         query_only, target = parsed
         self._start_kill(target, query_only, (msg.last_seq if msg else 0) + 1)
         return True

@@ -187,6 +187,28 @@ def pin_reason(sql: bytes) -> str | None:
     return scan_statement(sql)[0]
 
 
+_STATEMENT_ENDS = re.compile(
+    rb"'(?:[^'\\]|\\.|'')*+(?:'|\\?\Z)|\"(?:[^\"\\]|\\.|\"\")*+(?:\"|\\?\Z)|`[^`]*+`?"
+    rb"|/\*(?!m?!)(?:.*?\*/|.*+)|#[^\n]*+|--(?=[\x00-\x20])[^\n]*+|;",
+    re.DOTALL,
+)
+"""String literals, quoted names and comments (their `;` ends nothing), and `;`. One left
+open runs to the end (as the server reads it), so that no `;` or quote is searched twice."""
+_KILL_HEAD = re.compile(_LEAD + rb"kill\b", re.DOTALL)
+
+
+def has_kill_statement(sql: bytes) -> bool:
+    """Whether a statement of `sql` is a KILL: at its start, or after a `;` that is not in
+    a string literal, a quoted name or a comment (the server would run it)."""
+    text = sql.lower()
+    if _KILL_HEAD.match(text):
+        return True
+    for match in _STATEMENT_ENDS.finditer(text):
+        if match.group() == b";" and _KILL_HEAD.match(text, match.end()):
+            return True
+    return False
+
+
 def parse_kill(sql: bytes) -> tuple[bool, int] | None:
     """(query only?, id) for `KILL [CONNECTION|QUERY] id`, else None."""
     match = _KILL_RE.match(sql.lower())

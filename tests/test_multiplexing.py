@@ -510,6 +510,32 @@ def test_kill_query_takes_the_handshake_id_and_stops_only_that_clients_work(smal
             conn.close()
 
 
+@pytest.mark.parametrize(
+    "statement",
+    ["SELECT 1; KILL {tid}", "SELECT 1; KILL QUERY {tid}", "KILL HARD {tid}", "KILL USER app"],
+)
+def test_a_kill_sluice_cannot_carry_out_is_refused_not_sent_to_the_database(small_db, statement):
+    """On the database, a KILL in a multi-statement (or of a USER, HARD, ...) names a server
+    thread of this user: maybe the pooled connection another client is using."""
+    config = tier_config(small_db, pool={"max_connections": 3, "acquire_timeout": "5s"})
+    with TierThread(config) as tier:
+        victim = app(tier, small_db)
+        killer = app(tier, small_db, client_flag=CLIENT.MULTI_STATEMENTS)
+        victim.cursor().execute("BEGIN")  # (the transaction holds its connection)
+        tid = one_value(victim, "SELECT CONNECTION_ID()")
+        with pytest.raises(pymysql.err.NotSupportedError) as info:
+            killer.cursor().execute(statement.format(tid=tid))
+        assert info.value.args[0] == 1235
+        assert info.value.args[1].startswith("sluice: this KILL is not carried out")
+        assert one_value(victim, "SELECT CONNECTION_ID()") == tid  # its connection lives on
+        victim.cursor().execute("COMMIT")
+        # A `; kill` in a string literal is no KILL.
+        assert one_value(killer, f"SELECT 'x; KILL {tid}'") == f"x; KILL {tid}"
+        assert one_value(killer, "SELECT 'still here'") == "still here"
+        victim.close()
+        killer.close()
+
+
 def test_kill_refuses_another_users_session(small_db):
     config = tier_config(
         small_db,

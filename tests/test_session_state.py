@@ -18,6 +18,7 @@ from proxy.session_state import (
     TRACKING_SETUP,
     SessionState,
     diagnostic_query,
+    has_kill_statement,
     parse_kill,
     scan_statement,
     sql_value,
@@ -125,11 +126,43 @@ def test_a_huge_statement_is_not_split_into_two_statements():
     assert scan_statement(sql) == (None, 0)
 
 
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (b"KILL 5", True),
+        (b"SELECT 1; KILL 5", True),
+        (b"select 1;kill query 5", True),
+        (b"SELECT 1; /* ops */ KILL 5", True),
+        (b"/*!50000 KILL 5 */", True),
+        (b"KILL USER app", True),
+        (b"SELECT 'a; kill 5'", False),
+        (b'SELECT "a; kill 5"', False),
+        (b"SELECT `a; kill 5` FROM t", False),
+        (b"SELECT 'it''s; kill 5'", False),
+        (b"SELECT 'a\\'; kill 5'", False),  # (an escaped quote: one literal)
+        (b"SELECT 1 /* ; kill 5 */", False),
+        (b"SELECT 1 # ; kill 5", False),
+        (b"SELECT 1 -- ; kill 5", False),
+        (b"SELECT skill FROM t; SELECT 1", False),
+        (b"SELECT 1; killer()", False),
+    ],
+)
+def test_kill_statements_are_found_outside_literals_and_comments(sql, expected):
+    assert has_kill_statement(sql) is expected
+
+
+def test_finding_kill_statements_takes_linear_time():
+    for sql in (b"'" + b"x" * 65536, b"';'" * 20000 + b"'", b"/*" * 30000, b";/*" * 20000):
+        began = time.perf_counter()
+        has_kill_statement(sql)
+        assert time.perf_counter() - began < 0.5
+
+
 def test_kill_parsing():
     assert parse_kill(b"KILL 5") == (False, 5)
     assert parse_kill(b" kill connection 7 ;") == (False, 7)
     assert parse_kill(b"/* ops */\nKILL QUERY 7") == (True, 7)
-    assert parse_kill(b"SELECT 1; KILL 7") is None  # (the server gets it: not a lone KILL)
+    assert parse_kill(b"SELECT 1; KILL 7") is None  # (not a lone KILL: refused)
     assert parse_kill(b"KILL QUERY 1000000001") == (True, 1000000001)
     assert parse_kill(b"KILL QUERY ID 5") is None  # MariaDB's by-query-id form: not ours
     assert parse_kill(b"KILL USER app") is None
