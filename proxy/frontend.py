@@ -1459,17 +1459,19 @@ class ClientSession(asyncio.Protocol):
         return True
 
     def _kill_statement(self, sql: bytes, msg: Message | None) -> bool:
-        """KILL [CONNECTION|QUERY] n, where n is a sluice client id (from the handshake)."""
+        """KILL [CONNECTION|QUERY] n, where n is a sluice client id (from the handshake), is
+        carried out; any other KILL refused. False: not a KILL after all."""
+        seq = (msg.last_seq if msg else 0) + 1
         parsed = parse_kill(sql)
         if parsed is None:
             if not has_kill_statement(sql):
                 return False  # (a `; kill` inside a string literal, say)
             # On the database it would name a server thread, any of this user's: maybe
             # another client's pooled connection.
-            self._reply_error((msg.last_seq if msg else 0) + 1, errors.kill_not_alone())
+            self._reply_error(seq, errors.kill_not_alone())
             return True
         query_only, target = parsed
-        self._start_kill(target, query_only, (msg.last_seq if msg else 0) + 1)
+        self._start_kill(target, query_only, seq)
         return True
 
     def _start_kill(self, target_id: int, query_only: bool, seq: int) -> None:
