@@ -15,7 +15,7 @@ is read at sysbench's per-second reports after the first second: logins are not 
 
 The funnel runs twice. As fast as each target answers, its throughput falls as clients grow
 (4,096 sysbench threads share the 2 cores with the proxies and the database), and with it how
-many queries each wakeup of the event loop carries: the relay's CPU per query grows by half
+many queries each wakeup of the event loop carries: the relay's CPU per query grows by 40-60%
 from 64 to 4,096 clients for that alone. So the funnel runs again at one offered load for every
 cell (sysbench --rate, --pace times the slowest cell's throughput): what remains of a growth
 with clients is the proxy's own, the figure for "within 10%".

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import ssl
 import time
-from bisect import bisect_left
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -903,10 +902,7 @@ class ClientSession(asyncio.Protocol):
                 )
             ):
                 self._handed = None
-                waited = conn.last_used - queued.since  # (Histogram.observe, inlined)
-                histogram = tier.stats.pool_wait
-                histogram.counts[bisect_left(histogram.bounds, waited)] += 1
-                histogram.sum += waited
+                tier.stats.pool_wait.observe(conn.last_used - queued.since)
                 self._attach(conn)
                 self._run(conn, self._last_raw, queued.mode, self._last_msg)
                 return
